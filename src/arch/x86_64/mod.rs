@@ -1,0 +1,268 @@
+//! x86_64 kernels: AVX2 + FMA + F16C, detected at run time, so a default
+//! `cargo build --release` (baseline x86-64, SSE2 only) still runs 256-bit code.
+//!
+//! Only thin `#[target_feature]` entry functions live here; the loops are the generic ones,
+//! inlined into each entry through `#[inline(always)]`.
+
+use std::arch::x86_64::*;
+
+use half::{bf16, f16};
+
+use super::generic::{self, Backend, LANES};
+use super::{Isa, Kernels};
+
+/// Proof that the CPU supports AVX2, FMA and F16C. Holding one discharges those obligations.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx2(());
+
+impl Avx2 {
+    /// Run-time check (cached by std).
+    pub(crate) fn is_available() -> bool {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[inline(always)]
+    unsafe fn new_unchecked() -> Self {
+        Avx2(())
+    }
+}
+
+// SAFETY: each method performs, per lane, the same IEEE operation as the portable backend
+// (exact widening, exact square fused with one rounded add, or a rounded add of |x|; the fold is
+// the same add/max/min/sub sequence), with lane j of the result holding element j.
+unsafe impl Backend for Avx2 {
+    type Acc = [__m256d; 8];
+
+    #[inline(always)]
+    fn zero(self) -> Self::Acc {
+        // SAFETY: the token proves AVX is available.
+        unsafe { [_mm256_setzero_pd(); 8] }
+    }
+
+    #[inline(always)]
+    fn accum_f32<const SQ: bool>(self, mut acc: Self::Acc, g: &[f32; LANES]) -> Self::Acc {
+        let p = g.as_ptr();
+        // SAFETY: the token proves AVX2/FMA; the 8 loads of 4 floats stay inside `g` (32 floats).
+        unsafe {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let x = _mm256_cvtps_pd(_mm_loadu_ps(p.add(4 * k)));
+                *a = term::<SQ>(*a, x);
+            }
+        }
+        acc
+    }
+
+    #[inline(always)]
+    fn accum_f16<const SQ: bool>(self, mut acc: Self::Acc, g: &[f16; LANES]) -> Self::Acc {
+        let p = g.as_ptr() as *const __m128i;
+        // SAFETY: the token proves AVX2/FMA/F16C; 4 loads of 8 halves stay inside `g`.
+        unsafe {
+            for q in 0..4 {
+                let h = _mm256_cvtph_ps(_mm_loadu_si128(p.add(q)));
+                acc[2 * q] = term::<SQ>(acc[2 * q], _mm256_cvtps_pd(_mm256_castps256_ps128(h)));
+                acc[2 * q + 1] = term::<SQ>(
+                    acc[2 * q + 1],
+                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(h)),
+                );
+            }
+        }
+        acc
+    }
+
+    #[inline(always)]
+    fn accum_bf16<const SQ: bool>(self, mut acc: Self::Acc, g: &[bf16; LANES]) -> Self::Acc {
+        let p = g.as_ptr() as *const __m128i;
+        // SAFETY: the token proves AVX2/FMA; 4 loads of 8 bf16 stay inside `g`.
+        unsafe {
+            for q in 0..4 {
+                let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(q)));
+                let h = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w));
+                acc[2 * q] = term::<SQ>(acc[2 * q], _mm256_cvtps_pd(_mm256_castps256_ps128(h)));
+                acc[2 * q + 1] = term::<SQ>(
+                    acc[2 * q + 1],
+                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(h)),
+                );
+            }
+        }
+        acc
+    }
+
+    #[inline(always)]
+    fn fold(self, s: &mut Self::Acc, c: &mut Self::Acc, b: Self::Acc) {
+        // SAFETY: the token proves AVX.
+        unsafe {
+            for k in 0..8 {
+                let t = _mm256_add_pd(s[k], b[k]);
+                let hi = _mm256_max_pd(s[k], b[k]);
+                let lo = _mm256_min_pd(s[k], b[k]);
+                c[k] = _mm256_add_pd(c[k], _mm256_add_pd(_mm256_sub_pd(hi, t), lo));
+                s[k] = t;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn to_array(self, a: Self::Acc) -> [f64; LANES] {
+        let mut out = [0.0f64; LANES];
+        // SAFETY: the token proves AVX; 8 stores of 4 doubles fill exactly `out`.
+        unsafe {
+            for (k, v) in a.iter().enumerate() {
+                _mm256_storeu_pd(out.as_mut_ptr().add(4 * k), *v);
+            }
+        }
+        out
+    }
+}
+
+/// `acc + x*x` (fused: the square is exact, so this equals the portable mul-then-add) or `acc + |x|`.
+///
+/// # Safety
+/// The CPU must support AVX and FMA.
+#[inline(always)]
+unsafe fn term<const SQ: bool>(acc: __m256d, x: __m256d) -> __m256d {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        if SQ {
+            _mm256_fmadd_pd(x, x, acc)
+        } else {
+            _mm256_add_pd(acc, _mm256_andnot_pd(_mm256_set1_pd(-0.0), x))
+        }
+    }
+}
+
+/// f32x8 → bf16x8 with round-to-nearest-even; NaN keeps its top payload bits and is quieted,
+/// exactly as [`crate::dtype::f32_to_bf16_bits_rne`].
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[inline(always)]
+unsafe fn f32x8_to_bf16x8_avx2(y: __m256) -> __m128i {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        let u = _mm256_castps_si256(y);
+        let abs = _mm256_and_si256(u, _mm256_set1_epi32(0x7FFF_FFFF));
+        let is_nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7F80_0000));
+        let hi = _mm256_srli_epi32::<16>(u);
+        let lsb = _mm256_and_si256(hi, _mm256_set1_epi32(1));
+        let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(
+            _mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)),
+            lsb,
+        ));
+        let quiet = _mm256_or_si256(hi, _mm256_set1_epi32(0x40));
+        let r = _mm256_blendv_epi8(rounded, quiet, is_nan);
+        let packed = _mm256_packus_epi32(r, r);
+        _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b1000>(packed))
+    }
+}
+
+/// bf16x8 → f32x8 (exact).
+///
+/// # Safety
+/// The CPU must support AVX2; `p` must point to 8 readable bf16.
+#[inline(always)]
+unsafe fn bf16x8_to_f32x8_avx2(p: *const bf16) -> __m256 {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
+    }
+}
+
+/// Runs `body` on every full group of 8 and on a zero-padded copy of the tail, so the tail goes
+/// through the same vector code as the rest.
+#[inline(always)]
+fn for_each_x8<T: Copy + Default>(data: &mut [T], mut body: impl FnMut(&mut [T; 8])) {
+    let mut it = data.chunks_exact_mut(8);
+    for g in &mut it {
+        body(g.try_into().expect("chunks of 8"));
+    }
+    let rest = it.into_remainder();
+    if !rest.is_empty() {
+        let mut pad = [T::default(); 8];
+        pad[..rest.len()].copy_from_slice(rest);
+        body(&mut pad);
+        let n = rest.len();
+        rest.copy_from_slice(&pad[..n]);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale_f32_avx2(data: &mut [f32], c: f32) {
+    let cv = _mm256_set1_ps(c);
+    for_each_x8(data, |g| {
+        let p = g.as_mut_ptr();
+        // SAFETY: 8 floats inside `g`; AVX enabled on this function.
+        unsafe { _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), cv)) }
+    });
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale_f16_avx2(data: &mut [f16], c: f32) {
+    let cv = _mm256_set1_ps(c);
+    for_each_x8(data, |g| {
+        let p = g.as_mut_ptr() as *mut __m128i;
+        // SAFETY: 8 halves (16 bytes) inside `g`; F16C and AVX enabled on this function.
+        unsafe {
+            let y = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(p)), cv);
+            _mm_storeu_si128(p, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(y));
+        }
+    });
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale_bf16_avx2(data: &mut [bf16], c: f32) {
+    let cv = _mm256_set1_ps(c);
+    for_each_x8(data, |g| {
+        let p = g.as_mut_ptr();
+        // SAFETY: 8 bf16 (16 bytes) inside `g`; AVX2 enabled on this function.
+        unsafe {
+            let y = _mm256_mul_ps(bf16x8_to_f32x8_avx2(p), cv);
+            _mm_storeu_si128(p as *mut __m128i, f32x8_to_bf16x8_avx2(y));
+        }
+    });
+}
+
+macro_rules! avx2_entries {
+    ($( $name:ident / $inner:ident : ($($arg:ident : $ty:ty),*) -> $ret:ty => $body:expr ;)*) => {$(
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn $inner($($arg: $ty),*) -> $ret {
+            // SAFETY: this function is compiled with the features the token stands for, and it
+            // is only reachable through AVX2_KERNELS, which `Kernels::for_isa` hands out only
+            // after `Avx2::is_available()`.
+            let token = unsafe { Avx2::new_unchecked() };
+            let _ = token;
+            $body(token, $($arg),*)
+        }
+        fn $name($($arg: $ty),*) -> $ret {
+            // SAFETY: only reachable through AVX2_KERNELS (see above).
+            unsafe { $inner($($arg),*) }
+        }
+    )*};
+}
+
+avx2_entries! {
+    sum_sq_f32 / sum_sq_f32_avx2: (d: &[f32]) -> (f64, f64) => |t, d| generic::sum_chunk::<Avx2, f32, true>(t, d);
+    sum_sq_f16 / sum_sq_f16_avx2: (d: &[f16]) -> (f64, f64) => |t, d| generic::sum_chunk::<Avx2, f16, true>(t, d);
+    sum_sq_bf16 / sum_sq_bf16_avx2: (d: &[bf16]) -> (f64, f64) => |t, d| generic::sum_chunk::<Avx2, bf16, true>(t, d);
+    sum_abs_f32 / sum_abs_f32_avx2: (d: &[f32]) -> (f64, f64) => |t, d| generic::sum_chunk::<Avx2, f32, false>(t, d);
+    sum_abs_f16 / sum_abs_f16_avx2: (d: &[f16]) -> (f64, f64) => |t, d| generic::sum_chunk::<Avx2, f16, false>(t, d);
+    sum_abs_bf16 / sum_abs_bf16_avx2: (d: &[bf16]) -> (f64, f64) => |t, d| generic::sum_chunk::<Avx2, bf16, false>(t, d);
+    max_abs_f32 / max_abs_f32_avx2: (d: &[f32]) -> u32 => |_t, d| generic::max_abs_bits(d);
+    max_abs_f16 / max_abs_f16_avx2: (d: &[f16]) -> u32 => |_t, d| generic::max_abs_bits(d);
+    max_abs_bf16 / max_abs_bf16_avx2: (d: &[bf16]) -> u32 => |_t, d| generic::max_abs_bits(d);
+    scale_f32 / scale_f32_entry: (d: &mut [f32], c: f32) -> () => |_t, d, c| scale_f32_avx2(d, c);
+    scale_f16 / scale_f16_entry: (d: &mut [f16], c: f32) -> () => |_t, d, c| scale_f16_avx2(d, c);
+    scale_bf16 / scale_bf16_entry: (d: &mut [bf16], c: f32) -> () => |_t, d, c| scale_bf16_avx2(d, c);
+}
+
+pub(crate) static AVX2_KERNELS: Kernels = Kernels {
+    isa: Isa::Avx2,
+    sum_sq: (sum_sq_f32, sum_sq_f16, sum_sq_bf16),
+    sum_abs: (sum_abs_f32, sum_abs_f16, sum_abs_bf16),
+    max_abs: (max_abs_f32, max_abs_f16, max_abs_bf16),
+    scale: (scale_f32, scale_f16, scale_bf16),
+};

@@ -1,0 +1,70 @@
+//! Baselines for benchmarks: what a naive loop achieves, and what memory bandwidth allows.
+//!
+//! The bench report and the criterion benches measure gradclip against these on the same bytes,
+//! in the same run, and report ratios (absolute times on a shared machine mean little).
+
+use rayon::prelude::*;
+
+/// `Σ x²` accumulated in f32, as `x.iter().map(|v| v * v).sum::<f32>()` (inaccurate, overflows).
+#[inline(never)]
+pub fn naive_sum_sq_f32(x: &[f32]) -> f32 {
+    x.iter().map(|v| v * v).sum::<f32>()
+}
+
+/// `Σ x²` accumulated in one plain f64 (no compensation, one dependency chain).
+#[inline(never)]
+pub fn naive_sum_sq_f64(x: &[f32]) -> f64 {
+    x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()
+}
+
+/// Read roofline: XOR of every 8-byte word of `bytes` (eight independent accumulators). Nothing
+/// reads memory faster than this in plain code, so it stands for the read bandwidth.
+#[inline(never)]
+pub fn read_roofline(bytes: &[u8]) -> u64 {
+    let (head, words, tail) = bytemuck::pod_align_to::<u8, u64>(bytes);
+    let mut acc = [0u64; 8];
+    let mut it = words.chunks_exact(8);
+    for c in &mut it {
+        for j in 0..8 {
+            acc[j] ^= c[j];
+        }
+    }
+    let mut r = acc.iter().fold(0u64, |a, &b| a ^ b);
+    for &w in it.remainder() {
+        r ^= w;
+    }
+    for &b in head.iter().chain(tail) {
+        r ^= b as u64;
+    }
+    r
+}
+
+/// Read roofline over `threads`-way split (run inside a pool of that size).
+pub fn read_roofline_par(bytes: &[u8], threads: usize) -> u64 {
+    if threads <= 1 {
+        return read_roofline(bytes);
+    }
+    let piece = bytes.len().div_ceil(threads).max(1);
+    bytes
+        .par_chunks(piece)
+        .map(read_roofline)
+        .reduce(|| 0, |a, b| a ^ b)
+}
+
+/// Read-modify-write roofline: `x *= factor` in place over f32 words.
+#[inline(never)]
+pub fn rmw_roofline(x: &mut [f32], factor: f32) {
+    for v in x {
+        *v *= factor;
+    }
+}
+
+/// Read-modify-write roofline over a `threads`-way split (run inside a pool of that size).
+pub fn rmw_roofline_par(x: &mut [f32], factor: f32, threads: usize) {
+    if threads <= 1 {
+        return rmw_roofline(x, factor);
+    }
+    let piece = x.len().div_ceil(threads).max(1);
+    x.par_chunks_mut(piece)
+        .for_each(|c| rmw_roofline(c, factor));
+}

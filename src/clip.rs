@@ -1,0 +1,261 @@
+//! In-place clipping: by global norm, by a given norm, by value, and plain scaling.
+
+use crate::arch::{Isa, Kernels};
+use crate::dtype::Element;
+use crate::error::{Error, NonFinite};
+use crate::grads::GradMut;
+use crate::norm::{any_nan_from, first_nonfinite_or_panic_free, short_circuit_partial, NormType};
+use crate::parallel::{reduce_set, scale_set, NormCtx};
+
+/// What [`clip_grad_norm_`] does when a gradient holds NaN or ±inf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NonFinitePolicy {
+    /// Return [`Error::NonFinite`] naming the first offending element; modify nothing.
+    #[default]
+    Error,
+    /// Modify nothing and return a report with `nonfinite` set, as mixed-precision trainers skip
+    /// the step.
+    Skip,
+    /// PyTorch's behaviour: the total norm is NaN (any NaN) or +inf, the coefficient
+    /// `max_norm / (norm + eps)` is NaN or 0, and every element is multiplied by it.
+    Propagate,
+}
+
+/// Options of [`clip_grad_norm_`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClipOptions {
+    /// The norm to clip (default L2).
+    pub norm_type: NormType,
+    /// Added to the norm before dividing (default 1e-6, as PyTorch).
+    pub eps: f64,
+    /// NaN/inf policy (default [`NonFinitePolicy::Error`]).
+    pub on_nonfinite: NonFinitePolicy,
+}
+
+impl Default for ClipOptions {
+    fn default() -> Self {
+        ClipOptions {
+            norm_type: NormType::L2,
+            eps: 1e-6,
+            on_nonfinite: NonFinitePolicy::Error,
+        }
+    }
+}
+
+/// What a clip did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClipReport {
+    /// The total norm before clipping (NaN or +inf when the input was not finite).
+    pub total_norm: f64,
+    /// `min(1, max_norm / (total_norm + eps))` in f64 (NaN propagates); 1 when nothing was done.
+    pub clip_coef: f64,
+    /// True when the buffers were rewritten (`clip_coef != 1`).
+    pub clipped: bool,
+    /// The first non-finite element, when there was one and the policy was `Skip` or `Propagate`.
+    pub nonfinite: Option<NonFinite>,
+}
+
+fn kernels(isa: Option<Isa>) -> Result<&'static Kernels, Error> {
+    match isa {
+        None => Ok(Kernels::selected()),
+        Some(isa) => Kernels::for_isa(isa).ok_or(Error::IsaUnavailable(isa)),
+    }
+}
+
+fn check_max_norm(max_norm: f64) -> Result<(), Error> {
+    if max_norm.is_finite() && max_norm > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidMaxNorm(max_norm))
+    }
+}
+
+/// `min(1, max_norm / (total + eps))`, NaN propagating (`f64::min` would drop it).
+fn coefficient(max_norm: f64, total: f64, eps: f64) -> f64 {
+    let c = max_norm / (total + eps);
+    if c.is_nan() {
+        c
+    } else {
+        c.min(1.0)
+    }
+}
+
+/// Scales every element by `f32(coef)` unless `coef == 1`; returns whether it wrote.
+fn apply(k: &Kernels, grads: &mut [GradMut<'_>], coef: f64) -> bool {
+    if coef == 1.0 {
+        return false;
+    }
+    scale_set(k, grads, coef as f32, true);
+    true
+}
+
+/// Clips the global norm of `grads` to `max_norm`, in place, with PyTorch's semantics.
+///
+/// `clip_coef = min(1, max_norm / (total_norm + eps))` in f64. When it is 1 nothing is written at
+/// all; otherwise every element becomes `round_to_dtype(f32(x) * f32(clip_coef))` (one f32
+/// multiply, then round-to-nearest-even into the buffer's dtype).
+///
+/// ```
+/// use gradclip::{clip_grad_norm_, ClipOptions, GradMut};
+/// let mut w = vec![3.0f32, 4.0];
+/// let r = clip_grad_norm_(&mut [GradMut::from(&mut w)], 1.0, ClipOptions::default()).unwrap();
+/// assert_eq!(r.total_norm, 5.0);
+/// assert!(r.clipped);
+/// assert!((w[0] - 0.6).abs() < 1e-6 && (w[1] - 0.8).abs() < 1e-6);
+/// ```
+pub fn clip_grad_norm_(
+    grads: &mut [GradMut<'_>],
+    max_norm: f64,
+    options: ClipOptions,
+) -> Result<ClipReport, Error> {
+    clip_impl(grads, max_norm, options, None)
+}
+
+/// [`clip_grad_norm_`] on a forced instruction set (for tests, fuzzing and benchmarks).
+pub fn clip_grad_norm_with_isa_(
+    grads: &mut [GradMut<'_>],
+    max_norm: f64,
+    options: ClipOptions,
+    isa: Isa,
+) -> Result<ClipReport, Error> {
+    clip_impl(grads, max_norm, options, Some(isa))
+}
+
+fn clip_impl(
+    grads: &mut [GradMut<'_>],
+    max_norm: f64,
+    options: ClipOptions,
+    isa: Option<Isa>,
+) -> Result<ClipReport, Error> {
+    check_max_norm(max_norm)?;
+    if !(options.eps.is_finite() && options.eps >= 0.0) {
+        return Err(Error::InvalidEps(options.eps));
+    }
+    let k = kernels(isa)?;
+    let eps = options.eps;
+    if options.on_nonfinite == NonFinitePolicy::Propagate {
+        let ctx = NormCtx {
+            kernels: k,
+            norm_type: options.norm_type.validated()?,
+            stop: None,
+        };
+        let part = reduce_set(&ctx, grads, None, true);
+        let total = part.finish();
+        let nonfinite = if part.is_finite() {
+            None
+        } else {
+            Some(first_nonfinite_or_panic_free(grads))
+        };
+        let clip_coef = coefficient(max_norm, total, eps);
+        let clipped = apply(k, grads, clip_coef);
+        return Ok(ClipReport {
+            total_norm: total,
+            clip_coef,
+            clipped,
+            nonfinite,
+        });
+    }
+    let part = short_circuit_partial(grads, options.norm_type, isa)?;
+    if !part.is_finite() {
+        let first = first_nonfinite_or_panic_free(grads);
+        if options.on_nonfinite == NonFinitePolicy::Error {
+            return Err(Error::NonFinite(first));
+        }
+        // Skip: report the norm PyTorch would have computed (NaN if any NaN, else +inf).
+        let total = if first.value.is_nan() || any_nan_from(grads, first) {
+            f64::NAN
+        } else {
+            f64::INFINITY
+        };
+        return Ok(ClipReport {
+            total_norm: total,
+            clip_coef: 1.0,
+            clipped: false,
+            nonfinite: Some(first),
+        });
+    }
+    let total = part.finish();
+    let clip_coef = coefficient(max_norm, total, eps);
+    let clipped = apply(k, grads, clip_coef);
+    Ok(ClipReport {
+        total_norm: total,
+        clip_coef,
+        clipped,
+        nonfinite: None,
+    })
+}
+
+/// The second half of [`clip_grad_norm_`] for a norm computed elsewhere (for example merged from
+/// the partials of several ranks): scales by `min(1, max_norm / (total_norm + 1e-6))`, writing
+/// nothing when that is 1. A NaN or infinite `total_norm` propagates as in PyTorch (the
+/// coefficient is NaN or 0).
+pub fn clip_grads_with_norm_(
+    grads: &mut [GradMut<'_>],
+    max_norm: f64,
+    total_norm: f64,
+) -> Result<ClipReport, Error> {
+    check_max_norm(max_norm)?;
+    if total_norm < 0.0 {
+        return Err(Error::InvalidTotalNorm(total_norm));
+    }
+    let clip_coef = coefficient(max_norm, total_norm, ClipOptions::default().eps);
+    let clipped = apply(Kernels::selected(), grads, clip_coef);
+    Ok(ClipReport {
+        total_norm,
+        clip_coef,
+        clipped,
+        nonfinite: None,
+    })
+}
+
+/// Multiplies every element by `factor`: `x = round_to_dtype(f32(x) * f32(factor))`. Nothing is
+/// written when `factor == 1`. `factor` must be finite, also once rounded to f32.
+pub fn scale_(grads: &mut [GradMut<'_>], factor: f64) -> Result<(), Error> {
+    scale_impl(grads, factor, None)
+}
+
+/// [`scale_`] on a forced instruction set (for tests, fuzzing and benchmarks).
+pub fn scale_with_isa_(grads: &mut [GradMut<'_>], factor: f64, isa: Isa) -> Result<(), Error> {
+    scale_impl(grads, factor, Some(isa))
+}
+
+fn scale_impl(grads: &mut [GradMut<'_>], factor: f64, isa: Option<Isa>) -> Result<(), Error> {
+    if !(factor.is_finite() && (factor as f32).is_finite()) {
+        return Err(Error::InvalidFactor(factor));
+    }
+    let k = kernels(isa)?;
+    apply(k, grads, factor);
+    Ok(())
+}
+
+fn clamp_buffer<T: Element>(d: &mut [T], t: f32) {
+    let hi = T::from_f32_rne(t);
+    let lo = T::from_f32_rne(-t);
+    let (hi_f, lo_f) = (hi.to_f32(), lo.to_f32());
+    for x in d {
+        let v = x.to_f32();
+        if v > hi_f {
+            *x = hi;
+        } else if v < lo_f {
+            *x = lo;
+        }
+    }
+}
+
+/// Clamps every element to `[-t, t]` with `t = round_to_dtype(f32(clip_value))`, writing only the
+/// elements that change. NaN elements are left as they are (NaN is not ordered); ±inf become ±t.
+/// `clip_value` must be ≥ 0 (and not NaN); `+inf` leaves everything finite untouched.
+pub fn clip_grad_value_(grads: &mut [GradMut<'_>], clip_value: f64) -> Result<(), Error> {
+    if !(clip_value >= 0.0) {
+        return Err(Error::InvalidClipValue(clip_value));
+    }
+    let t = clip_value as f32;
+    for g in grads.iter_mut() {
+        match g {
+            GradMut::F32(s) => clamp_buffer(s, t),
+            GradMut::F16(s) => clamp_buffer(s, t),
+            GradMut::BF16(s) => clamp_buffer(s, t),
+        }
+    }
+    Ok(())
+}

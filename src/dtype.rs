@@ -1,0 +1,300 @@
+//! The element types gradclip works on: `f32`, [`half::f16`] and [`half::bf16`].
+//!
+//! [`Element`] is sealed: the kernels rely on facts that hold for exactly these three formats
+//! (at most 24 significand bits, so a square is exact in f64; IEEE bit layouts, so `|x|` is
+//! `bits & ABS_MASK` and "non-finite" is `abs_bits >= INF_BITS`).
+
+use half::{bf16, f16};
+
+/// The storage format of a gradient buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// IEEE 754 binary32.
+    F32,
+    /// IEEE 754 binary16.
+    F16,
+    /// bfloat16 (the upper half of a binary32).
+    BF16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub const fn size_of(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    /// Lower-case name: `f32`, `f16`, `bf16`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// A gradient element type: `f32`, `f16` or `bf16`. Sealed.
+pub trait Element:
+    sealed::Sealed + Copy + Default + PartialEq + bytemuck::Pod + Send + Sync + 'static
+{
+    /// The dtype tag of this type.
+    const DTYPE: DType;
+    /// Bit pattern of `+inf`; `abs_bits() >= INF_BITS` means NaN or ±inf.
+    const INF_BITS: u32;
+    /// The value zero.
+    const ZERO: Self;
+
+    /// Exact widening to f32.
+    fn to_f32(self) -> f32;
+    /// Round-to-nearest-even narrowing from f32 (NaN stays NaN, quieted; overflow gives ±inf).
+    fn from_f32_rne(x: f32) -> Self;
+    /// The bits of `|self|`, zero-extended to u32. Ordered like the magnitudes; NaN above inf.
+    fn abs_bits(self) -> u32;
+    /// Builds a value from `abs_bits`-style bits (sign clear).
+    fn from_abs_bits(bits: u32) -> Self;
+
+    /// True for NaN and ±inf.
+    #[inline(always)]
+    fn is_nonfinite(self) -> bool {
+        self.abs_bits() >= Self::INF_BITS
+    }
+
+    /// True for NaN.
+    #[inline(always)]
+    fn is_nan_value(self) -> bool {
+        self.abs_bits() > Self::INF_BITS
+    }
+}
+
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+    const INF_BITS: u32 = 0x7F80_0000;
+    const ZERO: Self = 0.0;
+
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32_rne(x: f32) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn abs_bits(self) -> u32 {
+        self.to_bits() & 0x7FFF_FFFF
+    }
+    #[inline(always)]
+    fn from_abs_bits(bits: u32) -> Self {
+        f32::from_bits(bits)
+    }
+}
+
+impl Element for f16 {
+    const DTYPE: DType = DType::F16;
+    const INF_BITS: u32 = 0x7C00;
+    const ZERO: Self = f16::ZERO;
+
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16_bits_to_f32(self.to_bits())
+    }
+    #[inline(always)]
+    fn from_f32_rne(x: f32) -> Self {
+        f16::from_bits(f32_to_f16_bits_rne(x))
+    }
+    #[inline(always)]
+    fn abs_bits(self) -> u32 {
+        (self.to_bits() & 0x7FFF) as u32
+    }
+    #[inline(always)]
+    fn from_abs_bits(bits: u32) -> Self {
+        f16::from_bits(bits as u16)
+    }
+}
+
+impl Element for bf16 {
+    const DTYPE: DType = DType::BF16;
+    const INF_BITS: u32 = 0x7F80;
+    const ZERO: Self = bf16::ZERO;
+
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+    #[inline(always)]
+    fn from_f32_rne(x: f32) -> Self {
+        bf16::from_bits(f32_to_bf16_bits_rne(x))
+    }
+    #[inline(always)]
+    fn abs_bits(self) -> u32 {
+        (self.to_bits() & 0x7FFF) as u32
+    }
+    #[inline(always)]
+    fn from_abs_bits(bits: u32) -> Self {
+        bf16::from_bits(bits as u16)
+    }
+}
+
+/// Exact binary16 → binary32 widening, plain bit logic (no table, no CPU feature).
+///
+/// Normal numbers re-bias the exponent (15 → 127); subnormals (exponent field 0) are
+/// renormalised by shifting the significand up until its leading one reaches the hidden bit;
+/// inf/NaN keep their payload, shifted into the top of the f32 significand.
+#[inline(always)]
+pub const fn f16_bits_to_f32(h: u16) -> f32 {
+    let sign = ((h as u32) & 0x8000) << 16;
+    let exp = ((h >> 10) & 0x1F) as u32;
+    let man = (h & 0x03FF) as u32;
+    let bits = if exp == 0x1F {
+        sign | 0x7F80_0000 | (man << 13)
+    } else if exp != 0 {
+        sign | ((exp + 112) << 23) | (man << 13)
+    } else if man == 0 {
+        sign
+    } else {
+        // Subnormal: value = man * 2^-24. Normalise so the leading one becomes the hidden bit.
+        let shift = man.leading_zeros() - 21; // leading one of a 10-bit field moved to bit 10
+        let man = (man << shift) & 0x03FF;
+        let exp = 113 - shift; // 2^-14 is f32 exponent 113; each shift halves
+        sign | (exp << 23) | (man << 13)
+    };
+    f32::from_bits(bits)
+}
+
+/// binary32 → binary16 with round-to-nearest-even, bit for bit what x86 F16C `vcvtps2ph`
+/// (rounding mode "nearest") produces, NaN payloads included: a NaN keeps the top ten bits of its
+/// payload and gets the quiet bit set.
+#[inline(always)]
+pub const fn f32_to_f16_bits_rne(x: f32) -> u16 {
+    let u = x.to_bits();
+    let sign = ((u >> 16) & 0x8000) as u16;
+    let a = u & 0x7FFF_FFFF;
+    if a >= 0x7F80_0000 {
+        if a == 0x7F80_0000 {
+            return sign | 0x7C00;
+        }
+        return sign | 0x7E00 | ((a >> 13) & 0x03FF) as u16;
+    }
+    if a >= 0x4780_0000 {
+        // >= 65536: beyond the largest finite f16 even after rounding.
+        return sign | 0x7C00;
+    }
+    if a >= 0x3880_0000 {
+        // Normal f16 range (>= 2^-14): drop 13 bits with RNE; a carry may roll into the exponent
+        // and up to inf, which is the correct result.
+        let rebased = a - 0x3800_0000; // exponent 127 -> 15
+        let lsb = (rebased >> 13) & 1;
+        let rounded = (rebased + 0x0FFF + lsb) >> 13;
+        return sign | rounded as u16;
+    }
+    // Subnormal f16 (or zero): value / 2^-24, rounded to an integer with RNE.
+    if a < 0x3300_0000 {
+        // < 2^-25: rounds to zero (exactly 2^-25 is a tie that goes to even, i.e. zero).
+        return sign;
+    }
+    let exp = a >> 23; // 102..=112
+    let man = (a & 0x007F_FFFF) | 0x0080_0000; // 24-bit significand
+    let shift = 126 - exp; // man * 2^(exp-150) / 2^-24 = man >> (126 - exp); shift in 14..=24
+    let half = 1u32 << (shift - 1);
+    let rem = man & ((1u32 << shift) - 1);
+    let mut q = man >> shift;
+    if rem > half || (rem == half && (q & 1) == 1) {
+        q += 1;
+    }
+    sign | q as u16
+}
+
+/// binary32 → bfloat16 with round-to-nearest-even; a NaN keeps its top payload bits and is quieted.
+#[inline(always)]
+pub const fn f32_to_bf16_bits_rne(x: f32) -> u16 {
+    let u = x.to_bits();
+    if u & 0x7FFF_FFFF > 0x7F80_0000 {
+        return ((u >> 16) | 0x0040) as u16;
+    }
+    let lsb = (u >> 16) & 1;
+    ((u + 0x7FFF + lsb) >> 16) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_widening_matches_half_for_every_pattern() {
+        for h in 0..=u16::MAX {
+            let ours = f16_bits_to_f32(h);
+            let theirs = f16::from_bits(h).to_f32();
+            if theirs.is_nan() {
+                assert!(ours.is_nan(), "{h:#06x}");
+            } else {
+                assert_eq!(ours.to_bits(), theirs.to_bits(), "{h:#06x}");
+            }
+        }
+    }
+
+    #[test]
+    fn f16_narrowing_matches_half_on_a_dense_sample() {
+        // Every 2^32 pattern would take too long in debug builds; a dense odd stride hits every
+        // exponent and every rounding situation many times.
+        let mut u: u32 = 0;
+        loop {
+            let x = f32::from_bits(u);
+            let ours = f32_to_f16_bits_rne(x);
+            let theirs = f16::from_f32(x).to_bits();
+            if x.is_nan() {
+                assert_eq!(ours & 0x7E00, 0x7E00, "{u:#010x}");
+            } else {
+                assert_eq!(ours, theirs, "{u:#010x}");
+            }
+            match u.checked_add(if cfg!(miri) { 0x00FF_FFF1 } else { 4093 }) {
+                Some(n) => u = n,
+                None => break,
+            }
+        }
+    }
+
+    #[test]
+    fn f16_narrowing_edge_cases() {
+        let cases: &[(f32, u16)] = &[
+            (65504.0, 0x7BFF),
+            (65519.99, 0x7BFF),
+            (65520.0, 0x7C00), // tie at the top rounds to even = inf
+            (f32::MAX, 0x7C00),
+            (5.960_464_5e-8, 0x0001), // 2^-24, smallest subnormal
+            (2.980_232_2e-8, 0x0000), // 2^-25: tie, rounds to even zero
+            (2.980_232_5e-8, 0x0001), // just above the tie
+            (-0.0, 0x8000),
+            (6.103_515_6e-5, 0x0400), // 2^-14, smallest normal
+        ];
+        for &(x, want) in cases {
+            assert_eq!(f32_to_f16_bits_rne(x), want, "{x:e}");
+        }
+    }
+
+    #[test]
+    fn bf16_narrowing_matches_half() {
+        let mut u: u32 = 0;
+        loop {
+            let x = f32::from_bits(u);
+            assert_eq!(
+                f32_to_bf16_bits_rne(x),
+                bf16::from_f32(x).to_bits(),
+                "{u:#010x}"
+            );
+            match u.checked_add(if cfg!(miri) { 0x00FF_FFF1 } else { 4093 }) {
+                Some(n) => u = n,
+                None => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Error types. Every bad input is reported as a value of [`Error`]; nothing in the public API panics
+//! on user input.
+
+use std::fmt;
+
+/// The first non-finite element (NaN or ±inf) found in a set of gradient buffers, in buffer order:
+/// lowest buffer index first, then lowest element index inside that buffer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NonFinite {
+    /// Index of the buffer in the slice passed to the call.
+    pub buffer: usize,
+    /// Flat element index inside that buffer.
+    pub index: usize,
+    /// The offending value, widened to f64 (`NaN`, `inf` or `-inf`).
+    pub value: f64,
+}
+
+impl fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "non-finite gradient value {} in buffer {} at index {}",
+            self.value, self.buffer, self.index
+        )
+    }
+}
+
+impl std::error::Error for NonFinite {}
+
+/// Everything that can go wrong in a gradclip call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A gradient holds NaN or ±inf (and the policy asked for an error). Nothing was modified.
+    NonFinite(NonFinite),
+    /// `NormType::P(p)` with `p` not a finite number greater than zero.
+    InvalidNormType {
+        /// The rejected exponent.
+        p: f64,
+    },
+    /// `max_norm` is not a finite number greater than zero.
+    InvalidMaxNorm(f64),
+    /// `eps` is not a finite number greater than or equal to zero.
+    InvalidEps(f64),
+    /// A total norm handed to [`crate::clip_grads_with_norm_`] is negative.
+    InvalidTotalNorm(f64),
+    /// A scale factor is not finite, or is not finite once rounded to f32.
+    InvalidFactor(f64),
+    /// A `clip_value` that is NaN or negative.
+    InvalidClipValue(f64),
+    /// An output slice whose length does not match the number of buffers.
+    LengthMismatch {
+        /// The length that was needed.
+        expected: usize,
+        /// The length that was given.
+        got: usize,
+    },
+    /// An instruction set was forced that this CPU (or this build) does not support.
+    IsaUnavailable(crate::arch::Isa),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NonFinite(nf) => nf.fmt(f),
+            Error::InvalidNormType { p } => {
+                write!(f, "invalid norm type: p must be finite and > 0, got {p}")
+            }
+            Error::InvalidMaxNorm(v) => {
+                write!(f, "invalid max_norm {v}: must be finite and > 0")
+            }
+            Error::InvalidEps(v) => write!(f, "invalid eps {v}: must be finite and >= 0"),
+            Error::InvalidTotalNorm(v) => write!(f, "invalid total_norm {v}: must be >= 0"),
+            Error::InvalidFactor(v) => {
+                write!(f, "invalid scale factor {v}: must be finite in f32")
+            }
+            Error::InvalidClipValue(v) => {
+                write!(f, "invalid clip_value {v}: must be >= 0 and not NaN")
+            }
+            Error::LengthMismatch { expected, got } => {
+                write!(f, "output length {got} does not match {expected} buffers")
+            }
+            Error::IsaUnavailable(isa) => {
+                write!(f, "instruction set {isa:?} is not available on this CPU")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::NonFinite(nf) => Some(nf),
+            _ => None,
+        }
+    }
+}
+
+impl From<NonFinite> for Error {
+    fn from(nf: NonFinite) -> Self {
+        Error::NonFinite(nf)
+    }
+}

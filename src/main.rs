@@ -1,0 +1,49 @@
+//! The `gradclip` command line: inspect and clip safetensors gradient dumps, run the
+//! exploding-gradients demo, and benchmark the kernels against the memory-bandwidth roofline.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(
+    name = "gradclip",
+    version,
+    about = "Gradient-norm clipping: inspect and clip safetensors gradient dumps, demo, bench"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a small RNN with and without the defences against exploding gradients and report.
+    Demo(cli::demo::DemoArgs),
+    /// Norms of every tensor of a safetensors file, and the total.
+    Norm(cli::norm::NormArgs),
+    /// Clip a safetensors file's tensors to a global max norm, writing a new file.
+    Clip(cli::clip::ClipArgs),
+    /// Measure the kernels against naive loops and the memory-bandwidth rooflines.
+    Bench(cli::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version are not errors; every other parse failure exits 2.
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Demo(a) => cli::demo::run(a),
+        Command::Norm(a) => cli::norm::run(a),
+        Command::Clip(a) => cli::clip::run(a),
+        Command::Bench(a) => cli::bench::run(a),
+    }
+}

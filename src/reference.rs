@@ -1,0 +1,96 @@
+//! Scalar reference implementations: obviously correct, slow, independent of the kernels.
+//!
+//! Tests, fuzz targets and the bench report compare the fast paths with these. Sums are
+//! accumulated in double-double (TwoSum into a head and a tail), so the reference is within a few
+//! units of 2^-106 of the exact value, far below the 1e-14 the kernels promise; widening and
+//! narrowing go through the `half` crate, not through gradclip's own conversions.
+
+use half::{bf16, f16};
+
+use crate::grads::Grad;
+use crate::norm::NormType;
+
+/// Double-double accumulator of non-negative terms.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DoubleDouble {
+    hi: f64,
+    lo: f64,
+}
+
+impl DoubleDouble {
+    /// Adds `t` with an exact TwoSum.
+    pub fn add(&mut self, t: f64) {
+        let s = self.hi + t;
+        let bp = s - self.hi;
+        let err = (self.hi - (s - bp)) + (t - bp);
+        let lo = self.lo + err;
+        let hi = s + lo;
+        self.lo = lo - (hi - s);
+        self.hi = hi;
+    }
+
+    /// The value, rounded to f64.
+    pub fn value(&self) -> f64 {
+        self.hi + self.lo
+    }
+}
+
+fn widened(g: Grad<'_>) -> Vec<f64> {
+    match g {
+        Grad::F32(s) => s.iter().map(|&x| x as f64).collect(),
+        Grad::F16(s) => s.iter().map(|x| x.to_f64()).collect(),
+        Grad::BF16(s) => s.iter().map(|x| x.to_f64()).collect(),
+    }
+}
+
+/// The norm of all elements of all buffers; NaN if any element is NaN, +inf if any is infinite.
+/// `P(p)` with an invalid `p` gives NaN.
+pub fn norm(grads: &[Grad<'_>], norm_type: NormType) -> f64 {
+    let values: Vec<f64> = grads.iter().flat_map(|g| widened(*g)).collect();
+    if values.iter().any(|v| v.is_nan()) {
+        return f64::NAN;
+    }
+    if values.iter().any(|v| v.is_infinite()) {
+        return f64::INFINITY;
+    }
+    let max = values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    match norm_type {
+        NormType::Inf => max,
+        NormType::L1 => {
+            let mut acc = DoubleDouble::default();
+            values.iter().for_each(|v| acc.add(v.abs()));
+            acc.value()
+        }
+        NormType::L2 => {
+            let mut acc = DoubleDouble::default();
+            values.iter().for_each(|v| acc.add(v * v)); // exact square
+            acc.value().sqrt()
+        }
+        NormType::P(p) => {
+            if !(p.is_finite() && p > 0.0) {
+                return f64::NAN;
+            }
+            if max == 0.0 {
+                return 0.0;
+            }
+            let mut acc = DoubleDouble::default();
+            values.iter().for_each(|v| acc.add((v.abs() / max).powf(p)));
+            max * acc.value().powf(1.0 / p)
+        }
+    }
+}
+
+/// `round_to_dtype(f32(x) * c)` for an f32 element.
+pub fn scale_f32(x: f32, c: f32) -> f32 {
+    x * c
+}
+
+/// `round_to_dtype(f32(x) * c)` for an f16 element, through `half`'s conversions.
+pub fn scale_f16(x: f16, c: f32) -> f16 {
+    f16::from_f32(x.to_f32() * c)
+}
+
+/// `round_to_dtype(f32(x) * c)` for a bf16 element, through `half`'s conversions.
+pub fn scale_bf16(x: bf16, c: f32) -> bf16 {
+    bf16::from_f32(x.to_f32() * c)
+}
