@@ -5,7 +5,10 @@ use std::fmt;
 
 /// The first non-finite element (NaN or ±inf) found in a set of gradient buffers, in buffer order:
 /// lowest buffer index first, then lowest element index inside that buffer.
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// Two reports are equal when they name the same element and the same value bits (so a NaN
+/// report equals itself).
+#[derive(Debug, Clone, Copy)]
 pub struct NonFinite {
     /// Index of the buffer in the slice passed to the call.
     pub buffer: usize,
@@ -13,6 +16,14 @@ pub struct NonFinite {
     pub index: usize,
     /// The offending value, widened to f64 (`NaN`, `inf` or `-inf`).
     pub value: f64,
+}
+
+impl PartialEq for NonFinite {
+    fn eq(&self, other: &Self) -> bool {
+        self.buffer == other.buffer
+            && self.index == other.index
+            && self.value.to_bits() == other.value.to_bits()
+    }
 }
 
 impl fmt::Display for NonFinite {

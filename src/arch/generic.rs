@@ -116,26 +116,46 @@ pub(crate) fn merge_lanes(mut s: [f64; LANES], mut c: [f64; LANES]) -> (f64, f64
 }
 
 /// Largest `abs_bits` in `data` (0 for an empty slice). Exact and order-free, so every backend
-/// agrees trivially; written as a plain fold that the compiler vectorises for each target.
+/// agrees trivially; written as a plain fold over the raw bits (u32 for f32, u16 for the 16-bit
+/// formats, so the compiler uses packed unsigned max of the right width).
 #[inline(always)]
 pub(crate) fn max_abs_bits<T: Element>(data: &[T]) -> u32 {
+    if std::mem::size_of::<T>() == 2 {
+        max_masked_u16(bytemuck::cast_slice(data))
+    } else {
+        max_masked_u32(bytemuck::cast_slice(data))
+    }
+}
+
+#[inline(always)]
+fn max_masked_u32(data: &[u32]) -> u32 {
     let mut m = [0u32; 16];
     let mut it = data.chunks_exact(16);
     for g in &mut it {
         for j in 0..16 {
-            m[j] = m[j].max(g[j].abs_bits());
+            m[j] = m[j].max(g[j] & 0x7FFF_FFFF);
         }
     }
-    let mut r = it
+    let r = it
         .remainder()
         .iter()
-        .map(|x| x.abs_bits())
+        .map(|x| x & 0x7FFF_FFFF)
         .max()
         .unwrap_or(0);
-    for v in m {
-        r = r.max(v);
+    m.iter().fold(r, |a, &b| a.max(b))
+}
+
+#[inline(always)]
+fn max_masked_u16(data: &[u16]) -> u32 {
+    let mut m = [0u16; 32];
+    let mut it = data.chunks_exact(32);
+    for g in &mut it {
+        for j in 0..32 {
+            m[j] = m[j].max(g[j] & 0x7FFF);
+        }
     }
-    r
+    let r = it.remainder().iter().map(|x| x & 0x7FFF).max().unwrap_or(0);
+    m.iter().fold(r, |a, &b| a.max(b)) as u32
 }
 
 /// `x = round_to_dtype(f32(x) * c)` element-wise, plain scalar code.

@@ -1,13 +1,440 @@
-//! `gradclip bench` (being written).
+//! `gradclip bench`: the kernels against naive loops and the memory-bandwidth rooflines.
+//!
+//! Every row is measured as interleaved samples (roofline, kernel, naive, roofline, kernel, …)
+//! so that each ratio compares runs made under the same machine load; the median of the samples
+//! is reported. Bandwidths count the buffer's bytes once (a read-modify-write moves them twice,
+//! and so does its roofline).
 
+use std::cell::RefCell;
+use std::hint::black_box;
 use std::process::ExitCode;
+use std::time::Instant;
+
+use gradclip::baseline::{read_roofline_par, rmw_roofline_par};
+use gradclip::{
+    bf16, clip_grad_norm_, f16, get_total_norm, scale_, ClipOptions, DType, Element, Grad, GradMut,
+    NormType,
+};
 
 /// Arguments of `gradclip bench`.
 #[derive(clap::Args, Debug)]
-pub struct BenchArgs {}
+#[command(
+    after_help = "Examples:\n  gradclip bench\n  gradclip bench --size 1073741824 --threads 2 --json"
+)]
+pub struct BenchArgs {
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Bytes per buffer for the memory-resident rows (a cache-resident 256 KiB row is always added).
+    #[arg(long, default_value_t = 256 << 20)]
+    size: usize,
+    /// Thread count to measure (default: 1 and 2).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Samples per measurement (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    samples: usize,
+}
+
+/// One measured row.
+struct Row {
+    op: &'static str,
+    dtype: DType,
+    bytes: usize,
+    threads: usize,
+    gbps: f64,
+    roofline_gbps: f64,
+    naive_gbps: f64,
+    extra: Option<(&'static str, f64)>,
+}
+
+/// Runs `f` enough times per sample to last ≥ 20 ms, returns seconds per call.
+fn sample(f: &mut dyn FnMut(), reps: usize) -> f64 {
+    let t = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    t.elapsed().as_secs_f64() / reps as f64
+}
+
+fn reps_for(f: &mut dyn FnMut()) -> usize {
+    let t = Instant::now();
+    f();
+    let one = t.elapsed().as_secs_f64().max(1e-7);
+    ((0.02 / one).ceil() as usize).clamp(1, 100_000)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Interleaved medians of several closures' seconds per call.
+fn measure(samples: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+    let reps: Vec<usize> = fs.iter_mut().map(|f| reps_for(*f)).collect();
+    let mut times = vec![Vec::with_capacity(samples); fs.len()];
+    for _ in 0..samples.max(1) {
+        for (i, f) in fs.iter_mut().enumerate() {
+            times[i].push(sample(*f, reps[i]));
+        }
+    }
+    times.into_iter().map(median).collect()
+}
+
+fn gbps(bytes: usize, secs: f64) -> f64 {
+    bytes as f64 / secs / 1e9
+}
+
+/// Deterministic gradient-like values in about [-1, 1].
+fn fill<T: Element>(v: &mut [T], seed: u64) {
+    let mut s = seed | 1;
+    for x in v.iter_mut() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        let u = ((s >> 40) as f32) / (1u64 << 24) as f32 * 2.0 - 1.0;
+        *x = T::from_f32_rne(u);
+    }
+}
+
+fn naive_norm<T: Element>(v: &[T], nt: NormType) -> f64 {
+    match nt {
+        NormType::L1 => v.iter().map(|x| (x.to_f32() as f64).abs()).sum(),
+        NormType::Inf => v
+            .iter()
+            .fold(0.0f64, |m, x| m.max((x.to_f32() as f64).abs())),
+        _ => v
+            .iter()
+            .map(|x| (x.to_f32() as f64) * (x.to_f32() as f64))
+            .sum::<f64>()
+            .sqrt(),
+    }
+}
+
+fn naive_scale<T: Element>(v: &mut [T], c: f32) {
+    for x in v.iter_mut() {
+        *x = T::from_f32_rne(x.to_f32() * c);
+    }
+}
+
+/// Wraps a slice of each dtype into the library's views.
+trait Wrap: Element {
+    fn wrap(v: &[Self]) -> Grad<'_>;
+    fn wrap_mut(v: &mut [Self]) -> GradMut<'_>;
+}
+macro_rules! wrap_impl {
+    ($t:ty, $v:ident) => {
+        impl Wrap for $t {
+            fn wrap(v: &[Self]) -> Grad<'_> {
+                Grad::$v(v)
+            }
+            fn wrap_mut(v: &mut [Self]) -> GradMut<'_> {
+                GradMut::$v(v)
+            }
+        }
+    };
+}
+wrap_impl!(f32, F32);
+wrap_impl!(f16, F16);
+wrap_impl!(bf16, BF16);
+
+fn bench_dtype<T: Wrap>(rows: &mut Vec<Row>, bytes: usize, threads: usize, samples: usize) {
+    let n = bytes / std::mem::size_of::<T>();
+    let mut init = vec![T::ZERO; n];
+    fill(&mut init, 0x5EED);
+    let raw: Vec<u8> = bytemuck::cast_slice(&init).to_vec();
+    let buf = RefCell::new(init);
+    let wrap = T::wrap;
+    let wrap_mut = T::wrap_mut;
+    let mut rmw_buf: Vec<f32> = vec![0.5; bytes / 4];
+    let dtype = T::DTYPE;
+    let bytes = n * std::mem::size_of::<T>();
+
+    for (op, nt) in [
+        ("norm_l2", NormType::L2),
+        ("norm_l1", NormType::L1),
+        ("norm_inf", NormType::Inf),
+    ] {
+        let t = measure(
+            samples,
+            &mut [
+                &mut || {
+                    black_box(read_roofline_par(black_box(&raw), threads));
+                },
+                &mut || {
+                    black_box(get_total_norm(&[wrap(black_box(&buf.borrow()))], nt).ok());
+                },
+                &mut || {
+                    black_box(naive_norm(black_box(&buf.borrow()), nt));
+                },
+            ],
+        );
+        rows.push(Row {
+            op,
+            dtype,
+            bytes,
+            threads,
+            gbps: gbps(bytes, t[1]),
+            roofline_gbps: gbps(bytes, t[0]),
+            naive_gbps: gbps(bytes, t[2]),
+            extra: None,
+        });
+    }
+
+    // Scale pass: alternate factors so the values stay in range over many samples.
+    let mut flip = false;
+    let mut flip2 = false;
+    let t = measure(
+        samples,
+        &mut [
+            &mut || rmw_roofline_par(black_box(&mut rmw_buf), 0.999, threads),
+            &mut || {
+                flip = !flip;
+                let c = if flip { 0.999 } else { 1.0 / 0.999 };
+                scale_(&mut [wrap_mut(&mut buf.borrow_mut())], c).ok();
+            },
+            &mut || {
+                flip2 = !flip2;
+                naive_scale(
+                    &mut buf.borrow_mut(),
+                    if flip2 { 0.999 } else { 1.0 / 0.999 },
+                );
+            },
+        ],
+    );
+    rows.push(Row {
+        op: "scale",
+        dtype,
+        bytes,
+        threads,
+        gbps: gbps(bytes, t[1]),
+        roofline_gbps: gbps(bytes, t[0]),
+        naive_gbps: gbps(bytes, t[2]),
+        extra: None,
+    });
+
+    // Clip with nothing to clip: must cost what the norm costs.
+    let t = measure(
+        samples,
+        &mut [
+            &mut || {
+                black_box(read_roofline_par(black_box(&raw), threads));
+            },
+            &mut || {
+                black_box(
+                    clip_grad_norm_(
+                        &mut [wrap_mut(&mut buf.borrow_mut())],
+                        1e30,
+                        ClipOptions::default(),
+                    )
+                    .ok(),
+                );
+            },
+            &mut || {
+                black_box(naive_norm(black_box(&buf.borrow()), NormType::L2));
+            },
+        ],
+    );
+    rows.push(Row {
+        op: "clip_noop",
+        dtype,
+        bytes,
+        threads,
+        gbps: gbps(bytes, t[1]),
+        roofline_gbps: gbps(bytes, t[0]),
+        naive_gbps: gbps(bytes, t[2]),
+        extra: None,
+    });
+
+    // Full clip (norm, then scale): its floor is one read pass plus one read-modify-write pass.
+    let mut level = 1.0f64;
+    let clean = measure(
+        samples,
+        &mut [
+            &mut || {
+                black_box(read_roofline_par(black_box(&raw), threads));
+                rmw_roofline_par(black_box(&mut rmw_buf), 0.999, threads);
+            },
+            &mut || {
+                // Clip to 0.999 of the current norm: every call clips, values shrink slowly.
+                level *= 0.999;
+                black_box(
+                    clip_grad_norm_(
+                        &mut [wrap_mut(&mut buf.borrow_mut())],
+                        level,
+                        ClipOptions::default(),
+                    )
+                    .ok(),
+                );
+            },
+            &mut || {
+                let n = naive_norm(&buf.borrow(), NormType::L2);
+                naive_scale(&mut buf.borrow_mut(), (0.999 * n / (n + 1e-6)) as f32);
+            },
+        ],
+    );
+    rows.push(Row {
+        op: "clip",
+        dtype,
+        bytes,
+        threads,
+        gbps: gbps(bytes, clean[1]),
+        roofline_gbps: gbps(bytes, clean[0]),
+        naive_gbps: gbps(bytes, clean[2]),
+        extra: None,
+    });
+}
+
+/// 10,000 buffers of 100..10,000 elements against one buffer of the same bytes.
+fn bench_many_small(rows: &mut Vec<Row>, threads: usize, samples: usize) {
+    let mut s = 0x1234_5678u64;
+    let lens: Vec<usize> = (0..10_000)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            100 + (s % 9_901) as usize
+        })
+        .collect();
+    let total: usize = lens.iter().sum();
+    let mut one = vec![0f32; total];
+    fill(&mut one, 77);
+    let mut bufs = Vec::with_capacity(lens.len());
+    let mut at = 0;
+    for &l in &lens {
+        bufs.push(one[at..at + l].to_vec());
+        at += l;
+    }
+    let grads: Vec<Grad<'_>> = bufs.iter().map(Grad::from).collect();
+    let raw: Vec<u8> = bytemuck::cast_slice(&one).to_vec();
+    let bytes = total * 4;
+    let t = measure(
+        samples,
+        &mut [
+            &mut || {
+                black_box(read_roofline_par(black_box(&raw), threads));
+            },
+            &mut || {
+                black_box(get_total_norm(black_box(&grads), NormType::L2).ok());
+            },
+            &mut || {
+                black_box(get_total_norm(&[Grad::from(black_box(&one))], NormType::L2).ok());
+            },
+            &mut || {
+                black_box(
+                    bufs.iter()
+                        .map(|b| naive_norm(b, NormType::L2).powi(2))
+                        .sum::<f64>(),
+                );
+            },
+        ],
+    );
+    rows.push(Row {
+        op: "many_small",
+        dtype: DType::F32,
+        bytes,
+        threads,
+        gbps: gbps(bytes, t[1]),
+        roofline_gbps: gbps(bytes, t[0]),
+        naive_gbps: gbps(bytes, t[3]),
+        extra: Some(("one_buffer_gbps", gbps(bytes, t[2]))),
+    });
+}
+
+fn print_row(r: &Row, json: bool) {
+    if json {
+        let mut o = serde_json::json!({
+            "op": r.op,
+            "dtype": r.dtype.name(),
+            "bytes": r.bytes,
+            "threads": r.threads,
+            "gbps": r.gbps,
+            "roofline_gbps": r.roofline_gbps,
+            "ratio_to_roofline": r.gbps / r.roofline_gbps,
+            "naive_gbps": r.naive_gbps,
+        });
+        if let Some((k, v)) = r.extra {
+            o[k] = serde_json::json!(v);
+        }
+        println!("{o}");
+    } else {
+        let extra = match r.extra {
+            Some((_, v)) => format!("  one buffer {v:6.1} GB/s ({:.2}×)", r.gbps / v),
+            None => String::new(),
+        };
+        println!(
+            "{:<11} {:<5} {:>10} {:>3} {:>8.1} {:>9.1} {:>7.2} {:>9.1}×{extra}",
+            r.op,
+            r.dtype.name(),
+            human_bytes(r.bytes),
+            r.threads,
+            r.gbps,
+            r.roofline_gbps,
+            r.gbps / r.roofline_gbps,
+            r.gbps / r.naive_gbps,
+        );
+    }
+}
+
+fn human_bytes(b: usize) -> String {
+    if b >= 1 << 30 {
+        format!("{:.0} GiB", b as f64 / (1u64 << 30) as f64)
+    } else if b >= 1 << 20 {
+        format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.0} KiB", b as f64 / 1024.0)
+    }
+}
 
 /// Runs `gradclip bench`.
-pub fn run(_args: BenchArgs) -> ExitCode {
-    eprintln!("gradclip bench: not available yet");
-    ExitCode::from(2)
+pub fn run(args: BenchArgs) -> ExitCode {
+    if args.size < 4096 || args.samples == 0 {
+        eprintln!("gradclip bench: --size must be at least 4096 bytes and --samples at least 1");
+        return ExitCode::from(2);
+    }
+    let threads: Vec<usize> = match args.threads {
+        Some(0) => {
+            eprintln!("gradclip bench: --threads must be at least 1");
+            return ExitCode::from(2);
+        }
+        Some(t) => vec![t],
+        None => vec![1, 2],
+    };
+    if !args.json {
+        println!(
+            "gradclip bench — ISA {}, {} CPUs; GB/s count the buffer's bytes once",
+            gradclip::Isa::selected().name(),
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+        println!(
+            "{:<11} {:<5} {:>10} {:>3} {:>8} {:>9} {:>7} {:>10}",
+            "op", "dtype", "size", "thr", "GB/s", "roof GB/s", "ratio", "vs naive"
+        );
+    }
+    for &t in &threads {
+        let pool = match rayon::ThreadPoolBuilder::new().num_threads(t).build() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("gradclip bench: cannot start {t} threads: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        pool.install(|| {
+            for size in [256 << 10, args.size] {
+                let mut rows = Vec::new();
+                bench_dtype::<f32>(&mut rows, size, t, args.samples);
+                bench_dtype::<f16>(&mut rows, size, t, args.samples);
+                bench_dtype::<bf16>(&mut rows, size, t, args.samples);
+                for r in &rows {
+                    print_row(r, args.json);
+                }
+            }
+            let mut rows = Vec::new();
+            bench_many_small(&mut rows, t, args.samples);
+            for r in &rows {
+                print_row(r, args.json);
+            }
+        });
+    }
+    ExitCode::SUCCESS
 }

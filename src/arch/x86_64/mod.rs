@@ -226,6 +226,64 @@ fn scale_bf16_avx2(data: &mut [bf16], c: f32) {
     });
 }
 
+/// Largest `bits & mask` over 32-bit words: 4 independent `vpmaxud` chains of 8 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn max_masked_u32_avx2(data: &[u32]) -> u32 {
+    let mask = _mm256_set1_epi32(0x7FFF_FFFF);
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let mut it = data.chunks_exact(32);
+    for g in &mut it {
+        let p = g.as_ptr() as *const __m256i;
+        for (k, a) in acc.iter_mut().enumerate() {
+            // SAFETY: 4 loads of 8 words stay inside the 32-word group `g`.
+            let v = unsafe { _mm256_loadu_si256(p.add(k)) };
+            *a = _mm256_max_epu32(*a, _mm256_and_si256(v, mask));
+        }
+    }
+    let m = _mm256_max_epu32(
+        _mm256_max_epu32(acc[0], acc[1]),
+        _mm256_max_epu32(acc[2], acc[3]),
+    );
+    let mut lanes = [0u32; 8];
+    // SAFETY: 8 words fill `lanes` exactly.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, m) };
+    it.remainder()
+        .iter()
+        .map(|x| x & 0x7FFF_FFFF)
+        .chain(lanes)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Largest `bits & 0x7FFF` over 16-bit words: 4 independent `vpmaxuw` chains of 16 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn max_masked_u16_avx2(data: &[u16]) -> u32 {
+    let mask = _mm256_set1_epi16(0x7FFF);
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let mut it = data.chunks_exact(64);
+    for g in &mut it {
+        let p = g.as_ptr() as *const __m256i;
+        for (k, a) in acc.iter_mut().enumerate() {
+            // SAFETY: 4 loads of 16 halves stay inside the 64-element group `g`.
+            let v = unsafe { _mm256_loadu_si256(p.add(k)) };
+            *a = _mm256_max_epu16(*a, _mm256_and_si256(v, mask));
+        }
+    }
+    let m = _mm256_max_epu16(
+        _mm256_max_epu16(acc[0], acc[1]),
+        _mm256_max_epu16(acc[2], acc[3]),
+    );
+    let mut lanes = [0u16; 16];
+    // SAFETY: 16 halves fill `lanes` exactly.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, m) };
+    it.remainder()
+        .iter()
+        .map(|x| x & 0x7FFF)
+        .chain(lanes)
+        .max()
+        .unwrap_or(0) as u32
+}
+
 macro_rules! avx2_entries {
     ($( $name:ident / $inner:ident : ($($arg:ident : $ty:ty),*) -> $ret:ty => $body:expr ;)*) => {$(
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -251,9 +309,9 @@ avx2_entries! {
     sum_abs_f32 / sum_abs_f32_avx2: (d: &[f32]) -> (f64, f64) => |t, d| generic::sum_chunk::<Avx2, f32, false>(t, d);
     sum_abs_f16 / sum_abs_f16_avx2: (d: &[f16]) -> (f64, f64) => |t, d| generic::sum_chunk::<Avx2, f16, false>(t, d);
     sum_abs_bf16 / sum_abs_bf16_avx2: (d: &[bf16]) -> (f64, f64) => |t, d| generic::sum_chunk::<Avx2, bf16, false>(t, d);
-    max_abs_f32 / max_abs_f32_avx2: (d: &[f32]) -> u32 => |_t, d| generic::max_abs_bits(d);
-    max_abs_f16 / max_abs_f16_avx2: (d: &[f16]) -> u32 => |_t, d| generic::max_abs_bits(d);
-    max_abs_bf16 / max_abs_bf16_avx2: (d: &[bf16]) -> u32 => |_t, d| generic::max_abs_bits(d);
+    max_abs_f32 / max_abs_f32_avx2: (d: &[f32]) -> u32 => |_t, d: &[f32]| max_masked_u32_avx2(bytemuck::cast_slice(d));
+    max_abs_f16 / max_abs_f16_avx2: (d: &[f16]) -> u32 => |_t, d: &[f16]| max_masked_u16_avx2(bytemuck::cast_slice(d));
+    max_abs_bf16 / max_abs_bf16_avx2: (d: &[bf16]) -> u32 => |_t, d: &[bf16]| max_masked_u16_avx2(bytemuck::cast_slice(d));
     scale_f32 / scale_f32_entry: (d: &mut [f32], c: f32) -> () => |_t, d, c| scale_f32_avx2(d, c);
     scale_f16 / scale_f16_entry: (d: &mut [f16], c: f32) -> () => |_t, d, c| scale_f16_avx2(d, c);
     scale_bf16 / scale_bf16_entry: (d: &mut [bf16], c: f32) -> () => |_t, d, c| scale_bf16_avx2(d, c);
