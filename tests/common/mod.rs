@@ -46,11 +46,11 @@ impl Rng {
         self.0 = x;
         x
     }
-    /// Uniform in [-1, 1) times 2^k for k in [-20, 20].
+    /// Uniform in [-1, 1) times 2^k for k in [-20, 14] (inside the f16 range).
     pub fn f32(&mut self) -> f32 {
         let r = self.next_u64();
         let u = ((r >> 40) as f32) / (1u64 << 24) as f32 * 2.0 - 1.0;
-        let k = ((r & 0x3F) % 41) as i32 - 20;
+        let k = ((r & 0x3F) % 35) as i32 - 20;
         u * 2f32.powi(k)
     }
     pub fn vec_f32(&mut self, n: usize) -> Vec<f32> {
