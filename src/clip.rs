@@ -246,7 +246,7 @@ fn clamp_buffer<T: Element>(d: &mut [T], t: f32) {
 /// elements that change. NaN elements are left as they are (NaN is not ordered); ±inf become ±t.
 /// `clip_value` must be ≥ 0 (and not NaN); `+inf` leaves everything finite untouched.
 pub fn clip_grad_value_(grads: &mut [GradMut<'_>], clip_value: f64) -> Result<(), Error> {
-    if !(clip_value >= 0.0) {
+    if clip_value.is_nan() || clip_value < 0.0 {
         return Err(Error::InvalidClipValue(clip_value));
     }
     let t = clip_value as f32;

@@ -28,8 +28,8 @@ impl NormType {
     pub(crate) fn validated(self) -> Result<NormType, Error> {
         match self {
             NormType::P(p) if !(p.is_finite() && p > 0.0) => Err(Error::InvalidNormType { p }),
-            NormType::P(p) if p == 1.0 => Ok(NormType::L1),
-            NormType::P(p) if p == 2.0 => Ok(NormType::L2),
+            NormType::P(1.0) => Ok(NormType::L1),
+            NormType::P(2.0) => Ok(NormType::L2),
             other => Ok(other),
         }
     }

@@ -50,6 +50,19 @@ pub(crate) unsafe trait Backend: Copy {
     fn to_array(self, a: Self::Acc) -> [f64; LANES];
 }
 
+/// Which element of a 32-element bf16 group feeds virtual lane `lane`.
+///
+/// f32 and f16 groups map element j to lane j. bf16 groups are split without shuffles: two bf16
+/// share a 32-bit word, and `word << 16` / `word & 0xFFFF0000` turn the even / odd one into an
+/// f32. So in each half-group of 16, lanes 0..8 hold the even elements and lanes 8..16 the odd
+/// ones: lane l of half h holds element `16h + 2(l mod 8) + (l / 8)`.
+#[inline(always)]
+pub(crate) const fn bf16_lane_source(lane: usize) -> usize {
+    let h = lane / 16;
+    let l = lane % 16;
+    16 * h + 2 * (l % 8) + l / 8
+}
+
 /// Per-dtype hook that picks the backend's widening load.
 pub(crate) trait LaneElement: Element {
     fn accum<B: Backend, const SQ: bool>(b: B, acc: B::Acc, g: &[Self; LANES]) -> B::Acc;

@@ -22,17 +22,20 @@ pub enum Isa {
     Portable,
     /// x86_64 with AVX2, FMA and F16C, detected at run time.
     Avx2,
+    /// x86_64 with AVX-512 F/BW/DQ/VL on top of AVX2, FMA and F16C, detected at run time.
+    Avx512,
 }
 
 impl Isa {
     /// Every ISA gradclip knows, best last.
-    pub const ALL: [Isa; 2] = [Isa::Portable, Isa::Avx2];
+    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
 
     /// Lower-case name (`portable`, `avx2`).
     pub const fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
         }
     }
 
@@ -42,8 +45,10 @@ impl Isa {
             Isa::Portable => true,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => x86_64::Avx2::is_available(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => x86_64::Avx512::is_available(),
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 => false,
+            Isa::Avx2 | Isa::Avx512 => false,
         }
     }
 
@@ -106,6 +111,8 @@ impl Kernels {
             Isa::Portable => Some(&PORTABLE),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => Some(&x86_64::AVX2_KERNELS),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Some(&x86_64::AVX512_KERNELS),
             #[allow(unreachable_patterns)]
             _ => None,
         }

@@ -48,7 +48,7 @@ unsafe impl Backend for Portable {
     #[inline(always)]
     fn accum_bf16<const SQ: bool>(self, mut acc: Self::Acc, g: &[bf16; LANES]) -> Self::Acc {
         for j in 0..LANES {
-            acc[j] += term::<SQ>(Element::to_f32(g[j]));
+            acc[j] += term::<SQ>(Element::to_f32(g[generic::bf16_lane_source(j)]));
         }
         acc
     }

@@ -34,6 +34,30 @@ pub struct BenchArgs {
     /// Samples per measurement (the median is reported).
     #[arg(long, default_value_t = 7)]
     samples: usize,
+    /// Only these ops (repeatable): norm_l2, norm_l1, norm_inf, scale, clip_noop, clip, many_small.
+    #[arg(long = "op", value_parser = ["norm_l2", "norm_l1", "norm_inf", "scale", "clip_noop", "clip", "many_small"])]
+    ops: Vec<String>,
+    /// Only these dtypes (repeatable): f32, f16, bf16.
+    #[arg(long = "dtype", value_parser = ["f32", "f16", "bf16"])]
+    dtypes: Vec<String>,
+    /// Skip the cache-resident 256 KiB rows.
+    #[arg(long)]
+    no_cache_rows: bool,
+}
+
+/// Which rows to run.
+struct Filter {
+    ops: Vec<String>,
+    dtypes: Vec<String>,
+}
+
+impl Filter {
+    fn op(&self, op: &str) -> bool {
+        self.ops.is_empty() || self.ops.iter().any(|o| o == op)
+    }
+    fn dtype(&self, d: DType) -> bool {
+        self.dtypes.is_empty() || self.dtypes.iter().any(|o| o == d.name())
+    }
 }
 
 /// One measured row.
@@ -138,7 +162,16 @@ wrap_impl!(f32, F32);
 wrap_impl!(f16, F16);
 wrap_impl!(bf16, BF16);
 
-fn bench_dtype<T: Wrap>(rows: &mut Vec<Row>, bytes: usize, threads: usize, samples: usize) {
+fn bench_dtype<T: Wrap>(
+    rows: &mut Vec<Row>,
+    bytes: usize,
+    threads: usize,
+    samples: usize,
+    filter: &Filter,
+) {
+    if !filter.dtype(T::DTYPE) {
+        return;
+    }
     let n = bytes / std::mem::size_of::<T>();
     let mut init = vec![T::ZERO; n];
     fill(&mut init, 0x5EED);
@@ -155,6 +188,9 @@ fn bench_dtype<T: Wrap>(rows: &mut Vec<Row>, bytes: usize, threads: usize, sampl
         ("norm_l1", NormType::L1),
         ("norm_inf", NormType::Inf),
     ] {
+        if !filter.op(op) {
+            continue;
+        }
         let t = measure(
             samples,
             &mut [
@@ -182,69 +218,76 @@ fn bench_dtype<T: Wrap>(rows: &mut Vec<Row>, bytes: usize, threads: usize, sampl
     }
 
     // Scale pass: alternate factors so the values stay in range over many samples.
-    let mut flip = false;
-    let mut flip2 = false;
-    let t = measure(
-        samples,
-        &mut [
-            &mut || rmw_roofline_par(black_box(&mut rmw_buf), 0.999, threads),
-            &mut || {
-                flip = !flip;
-                let c = if flip { 0.999 } else { 1.0 / 0.999 };
-                scale_(&mut [wrap_mut(&mut buf.borrow_mut())], c).ok();
-            },
-            &mut || {
-                flip2 = !flip2;
-                naive_scale(
-                    &mut buf.borrow_mut(),
-                    if flip2 { 0.999 } else { 1.0 / 0.999 },
-                );
-            },
-        ],
-    );
-    rows.push(Row {
-        op: "scale",
-        dtype,
-        bytes,
-        threads,
-        gbps: gbps(bytes, t[1]),
-        roofline_gbps: gbps(bytes, t[0]),
-        naive_gbps: gbps(bytes, t[2]),
-        extra: None,
-    });
+    if filter.op("scale") {
+        let mut flip = false;
+        let mut flip2 = false;
+        let t = measure(
+            samples,
+            &mut [
+                &mut || rmw_roofline_par(black_box(&mut rmw_buf), 0.999, threads),
+                &mut || {
+                    flip = !flip;
+                    let c = if flip { 0.999 } else { 1.0 / 0.999 };
+                    scale_(&mut [wrap_mut(&mut buf.borrow_mut())], c).ok();
+                },
+                &mut || {
+                    flip2 = !flip2;
+                    naive_scale(
+                        &mut buf.borrow_mut(),
+                        if flip2 { 0.999 } else { 1.0 / 0.999 },
+                    );
+                },
+            ],
+        );
+        rows.push(Row {
+            op: "scale",
+            dtype,
+            bytes,
+            threads,
+            gbps: gbps(bytes, t[1]),
+            roofline_gbps: gbps(bytes, t[0]),
+            naive_gbps: gbps(bytes, t[2]),
+            extra: None,
+        });
+    }
 
     // Clip with nothing to clip: must cost what the norm costs.
-    let t = measure(
-        samples,
-        &mut [
-            &mut || {
-                black_box(read_roofline_par(black_box(&raw), threads));
-            },
-            &mut || {
-                black_box(
-                    clip_grad_norm_(
-                        &mut [wrap_mut(&mut buf.borrow_mut())],
-                        1e30,
-                        ClipOptions::default(),
-                    )
-                    .ok(),
-                );
-            },
-            &mut || {
-                black_box(naive_norm(black_box(&buf.borrow()), NormType::L2));
-            },
-        ],
-    );
-    rows.push(Row {
-        op: "clip_noop",
-        dtype,
-        bytes,
-        threads,
-        gbps: gbps(bytes, t[1]),
-        roofline_gbps: gbps(bytes, t[0]),
-        naive_gbps: gbps(bytes, t[2]),
-        extra: None,
-    });
+    if filter.op("clip_noop") {
+        let t = measure(
+            samples,
+            &mut [
+                &mut || {
+                    black_box(read_roofline_par(black_box(&raw), threads));
+                },
+                &mut || {
+                    black_box(
+                        clip_grad_norm_(
+                            &mut [wrap_mut(&mut buf.borrow_mut())],
+                            1e30,
+                            ClipOptions::default(),
+                        )
+                        .ok(),
+                    );
+                },
+                &mut || {
+                    black_box(naive_norm(black_box(&buf.borrow()), NormType::L2));
+                },
+            ],
+        );
+        rows.push(Row {
+            op: "clip_noop",
+            dtype,
+            bytes,
+            threads,
+            gbps: gbps(bytes, t[1]),
+            roofline_gbps: gbps(bytes, t[0]),
+            naive_gbps: gbps(bytes, t[2]),
+            extra: None,
+        });
+    }
+    if !filter.op("clip") {
+        return;
+    }
 
     // Full clip (norm, then scale): its floor is one read pass plus one read-modify-write pass.
     let mut level = 1.0f64;
@@ -411,6 +454,10 @@ pub fn run(args: BenchArgs) -> ExitCode {
             "op", "dtype", "size", "thr", "GB/s", "roof GB/s", "ratio", "vs naive"
         );
     }
+    let filter = Filter {
+        ops: args.ops.clone(),
+        dtypes: args.dtypes.clone(),
+    };
     for &t in &threads {
         let pool = match rayon::ThreadPoolBuilder::new().num_threads(t).build() {
             Ok(p) => p,
@@ -420,17 +467,24 @@ pub fn run(args: BenchArgs) -> ExitCode {
             }
         };
         pool.install(|| {
-            for size in [256 << 10, args.size] {
+            let sizes: &[usize] = if args.no_cache_rows {
+                &[args.size]
+            } else {
+                &[256 << 10, args.size]
+            };
+            for &size in sizes {
                 let mut rows = Vec::new();
-                bench_dtype::<f32>(&mut rows, size, t, args.samples);
-                bench_dtype::<f16>(&mut rows, size, t, args.samples);
-                bench_dtype::<bf16>(&mut rows, size, t, args.samples);
+                bench_dtype::<f32>(&mut rows, size, t, args.samples, &filter);
+                bench_dtype::<f16>(&mut rows, size, t, args.samples, &filter);
+                bench_dtype::<bf16>(&mut rows, size, t, args.samples, &filter);
                 for r in &rows {
                     print_row(r, args.json);
                 }
             }
             let mut rows = Vec::new();
-            bench_many_small(&mut rows, t, args.samples);
+            if filter.op("many_small") && filter.dtype(DType::F32) {
+                bench_many_small(&mut rows, t, args.samples);
+            }
             for r in &rows {
                 print_row(r, args.json);
             }

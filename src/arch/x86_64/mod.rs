@@ -11,6 +11,9 @@ use half::{bf16, f16};
 use super::generic::{self, Backend, LANES};
 use super::{Isa, Kernels};
 
+mod avx512;
+pub(crate) use avx512::{Avx512, AVX512_KERNELS};
+
 /// Proof that the CPU supports AVX2, FMA and F16C. Holding one discharges those obligations.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Avx2(());
@@ -75,17 +78,25 @@ unsafe impl Backend for Avx2 {
 
     #[inline(always)]
     fn accum_bf16<const SQ: bool>(self, mut acc: Self::Acc, g: &[bf16; LANES]) -> Self::Acc {
-        let p = g.as_ptr() as *const __m128i;
-        // SAFETY: the token proves AVX2/FMA; 4 loads of 8 bf16 stay inside `g`.
+        let p = g.as_ptr() as *const __m256i;
+        // SAFETY: the token proves AVX2/FMA; 2 loads of 16 bf16 stay inside `g`.
         unsafe {
-            for q in 0..4 {
-                let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(q)));
-                let h = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w));
-                acc[2 * q] = term::<SQ>(acc[2 * q], _mm256_cvtps_pd(_mm256_castps256_ps128(h)));
-                acc[2 * q + 1] = term::<SQ>(
-                    acc[2 * q + 1],
-                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(h)),
+            let odd_mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+            for h in 0..2 {
+                let v = _mm256_loadu_si256(p.add(h));
+                // Even elements: low halves of the 32-bit words; odd: high halves (see
+                // `generic::bf16_lane_source`). No shuffle needed to widen.
+                let even = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v));
+                let odd = _mm256_castsi256_ps(_mm256_and_si256(v, odd_mask));
+                let a = 4 * h;
+                acc[a] = term::<SQ>(acc[a], _mm256_cvtps_pd(_mm256_castps256_ps128(even)));
+                acc[a + 1] = term::<SQ>(
+                    acc[a + 1],
+                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(even)),
                 );
+                acc[a + 2] = term::<SQ>(acc[a + 2], _mm256_cvtps_pd(_mm256_castps256_ps128(odd)));
+                acc[a + 3] =
+                    term::<SQ>(acc[a + 3], _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(odd)));
             }
         }
         acc
@@ -123,7 +134,7 @@ unsafe impl Backend for Avx2 {
 /// # Safety
 /// The CPU must support AVX and FMA.
 #[inline(always)]
-unsafe fn term<const SQ: bool>(acc: __m256d, x: __m256d) -> __m256d {
+pub(super) unsafe fn term<const SQ: bool>(acc: __m256d, x: __m256d) -> __m256d {
     // SAFETY: forwarded to the caller.
     unsafe {
         if SQ {
@@ -284,37 +295,62 @@ fn max_masked_u16_avx2(data: &[u16]) -> u32 {
         .unwrap_or(0) as u32
 }
 
-macro_rules! avx2_entries {
-    ($( $name:ident / $inner:ident : ($($arg:ident : $ty:ty),*) -> $ret:ty => $body:expr ;)*) => {$(
+macro_rules! avx2_sums {
+    ($( $name:ident / $inner:ident : $t:ty, $sq:literal ;)*) => {$(
         #[target_feature(enable = "avx2,fma,f16c")]
-        fn $inner($($arg: $ty),*) -> $ret {
-            // SAFETY: this function is compiled with the features the token stands for, and it
-            // is only reachable through AVX2_KERNELS, which `Kernels::for_isa` hands out only
-            // after `Avx2::is_available()`.
+        fn $inner(d: &[$t]) -> (f64, f64) {
+            // SAFETY: compiled with the token's features; reachable only through AVX2_KERNELS
+            // (and AVX512_KERNELS), handed out by `Kernels::for_isa` after detection.
             let token = unsafe { Avx2::new_unchecked() };
-            let _ = token;
-            $body(token, $($arg),*)
+            generic::sum_chunk::<Avx2, $t, $sq>(token, d)
         }
-        fn $name($($arg: $ty),*) -> $ret {
-            // SAFETY: only reachable through AVX2_KERNELS (see above).
+        fn $name(d: &[$t]) -> (f64, f64) {
+            // SAFETY: only reachable through the detected tables (see above).
+            unsafe { $inner(d) }
+        }
+    )*};
+}
+
+avx2_sums! {
+    sum_sq_f32 / sum_sq_f32_avx2: f32, true;
+    sum_sq_f16 / sum_sq_f16_avx2: f16, true;
+    sum_sq_bf16 / sum_sq_bf16_avx2: bf16, true;
+    sum_abs_f32 / sum_abs_f32_avx2: f32, false;
+    sum_abs_f16 / sum_abs_f16_avx2: f16, false;
+    sum_abs_bf16 / sum_abs_bf16_avx2: bf16, false;
+}
+
+/// Safe wrappers over the `#[target_feature]` max and scale kernels.
+macro_rules! avx2_wrappers {
+    ($( $name:ident => $inner:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty ;)*) => {$(
+        pub(super) fn $name($($arg: $ty),*) -> $ret {
+            // SAFETY: only reachable through AVX2_KERNELS / AVX512_KERNELS, which
+            // `Kernels::for_isa` hands out after `Avx2::is_available()`.
             unsafe { $inner($($arg),*) }
         }
     )*};
 }
 
-avx2_entries! {
-    sum_sq_f32 / sum_sq_f32_avx2: (d: &[f32]) -> (f64, f64) => |t, d| generic::sum_chunk::<Avx2, f32, true>(t, d);
-    sum_sq_f16 / sum_sq_f16_avx2: (d: &[f16]) -> (f64, f64) => |t, d| generic::sum_chunk::<Avx2, f16, true>(t, d);
-    sum_sq_bf16 / sum_sq_bf16_avx2: (d: &[bf16]) -> (f64, f64) => |t, d| generic::sum_chunk::<Avx2, bf16, true>(t, d);
-    sum_abs_f32 / sum_abs_f32_avx2: (d: &[f32]) -> (f64, f64) => |t, d| generic::sum_chunk::<Avx2, f32, false>(t, d);
-    sum_abs_f16 / sum_abs_f16_avx2: (d: &[f16]) -> (f64, f64) => |t, d| generic::sum_chunk::<Avx2, f16, false>(t, d);
-    sum_abs_bf16 / sum_abs_bf16_avx2: (d: &[bf16]) -> (f64, f64) => |t, d| generic::sum_chunk::<Avx2, bf16, false>(t, d);
-    max_abs_f32 / max_abs_f32_avx2: (d: &[f32]) -> u32 => |_t, d: &[f32]| max_masked_u32_avx2(bytemuck::cast_slice(d));
-    max_abs_f16 / max_abs_f16_avx2: (d: &[f16]) -> u32 => |_t, d: &[f16]| max_masked_u16_avx2(bytemuck::cast_slice(d));
-    max_abs_bf16 / max_abs_bf16_avx2: (d: &[bf16]) -> u32 => |_t, d: &[bf16]| max_masked_u16_avx2(bytemuck::cast_slice(d));
-    scale_f32 / scale_f32_entry: (d: &mut [f32], c: f32) -> () => |_t, d, c| scale_f32_avx2(d, c);
-    scale_f16 / scale_f16_entry: (d: &mut [f16], c: f32) -> () => |_t, d, c| scale_f16_avx2(d, c);
-    scale_bf16 / scale_bf16_entry: (d: &mut [bf16], c: f32) -> () => |_t, d, c| scale_bf16_avx2(d, c);
+avx2_wrappers! {
+    max_abs_f32 => max_abs_f32_avx2(d: &[f32]) -> u32;
+    max_abs_f16 => max_abs_f16_avx2(d: &[f16]) -> u32;
+    max_abs_bf16 => max_abs_bf16_avx2(d: &[bf16]) -> u32;
+    scale_f32 => scale_f32_avx2(d: &mut [f32], c: f32) -> ();
+    scale_f16 => scale_f16_avx2(d: &mut [f16], c: f32) -> ();
+    scale_bf16 => scale_bf16_avx2(d: &mut [bf16], c: f32) -> ();
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn max_abs_f32_avx2(d: &[f32]) -> u32 {
+    max_masked_u32_avx2(bytemuck::cast_slice(d))
+}
+#[target_feature(enable = "avx2,fma,f16c")]
+fn max_abs_f16_avx2(d: &[f16]) -> u32 {
+    max_masked_u16_avx2(bytemuck::cast_slice(d))
+}
+#[target_feature(enable = "avx2,fma,f16c")]
+fn max_abs_bf16_avx2(d: &[bf16]) -> u32 {
+    max_masked_u16_avx2(bytemuck::cast_slice(d))
 }
 
 pub(crate) static AVX2_KERNELS: Kernels = Kernels {
