@@ -1,8 +1,9 @@
 //! x86_64 kernels with AVX-512 (F, BW, DQ, VL) on top of AVX2/FMA/F16C, detected at run time.
 //!
-//! Same 32 virtual lanes as every other backend, held in four zmm registers; only the sums use
-//! 512-bit code (their widening f32→f64 converts are the bottleneck, and a 512-bit convert moves
-//! twice the elements). The max and scale passes are memory-bound and reuse the AVX2 kernels.
+//! Same 32 virtual lanes as every other backend, held in four zmm registers (the widening
+//! f32→f64 converts are the sums' bottleneck, and a 512-bit convert moves twice the elements).
+//! The scale kernels are 512-bit too (mask blends instead of `vpblendvb` for bf16); the max
+//! kernels reuse AVX2, which already runs at memory speed.
 
 use std::arch::x86_64::*;
 
@@ -10,6 +11,7 @@ use half::{bf16, f16};
 
 use super::super::generic::{self, Backend, LANES};
 use super::super::{Isa, Kernels};
+use super::for_each_group;
 
 /// Proof that the CPU supports AVX-512 F/BW/DQ/VL, AVX2, FMA and F16C.
 #[derive(Clone, Copy, Debug)]
@@ -169,10 +171,87 @@ avx512_sums! {
     sum_abs_bf16 / sum_abs_bf16_avx512: bf16, false;
 }
 
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+fn scale_f32_avx512(data: &mut [f32], c: f32) {
+    let cv = _mm512_set1_ps(c);
+    for_each_group::<_, 16>(data, |g| {
+        let p = g.as_mut_ptr();
+        // SAFETY: 16 floats inside `g`; AVX-512F enabled on this function.
+        unsafe { _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_loadu_ps(p), cv)) }
+    });
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+fn scale_f16_avx512(data: &mut [f16], c: f32) {
+    let cv = _mm512_set1_ps(c);
+    for_each_group::<_, 16>(data, |g| {
+        let p = g.as_mut_ptr() as *mut __m256i;
+        // SAFETY: 16 halves (32 bytes) inside `g`; AVX-512F enabled on this function.
+        unsafe {
+            let y = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(p)), cv);
+            _mm256_storeu_si256(p, _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(y));
+        }
+    });
+}
+
+/// Rounds sixteen f32 to bf16 (RNE, NaN quieted with its top payload kept, as
+/// [`crate::dtype::f32_to_bf16_bits_rne`]), each result in the upper half of its word.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[inline(always)]
+unsafe fn f32x16_round_to_bf16_high(y: __m512) -> __m512i {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        let u = _mm512_castps_si512(y);
+        let abs = _mm512_and_si512(u, _mm512_set1_epi32(0x7FFF_FFFF));
+        let is_nan = _mm512_cmpgt_epi32_mask(abs, _mm512_set1_epi32(0x7F80_0000));
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(u), _mm512_set1_epi32(1));
+        let rounded = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb);
+        let quiet = _mm512_or_si512(u, _mm512_set1_epi32(0x0040_0000));
+        _mm512_mask_blend_epi32(is_nan, rounded, quiet)
+    }
+}
+
+/// bf16 scale without shuffles (see the AVX2 version): 32 elements are 16 words.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+fn scale_bf16_avx512(data: &mut [bf16], c: f32) {
+    let cv = _mm512_set1_ps(c);
+    let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+    for_each_group::<_, 32>(data, |g| {
+        let p = g.as_mut_ptr() as *mut __m512i;
+        // SAFETY: 32 bf16 (64 bytes) inside `g`; AVX-512F enabled on this function.
+        unsafe {
+            let v = _mm512_loadu_si512(p as *const _);
+            let even = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)), cv);
+            let odd = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(v, high)), cv);
+            let even = _mm512_srli_epi32::<16>(f32x16_round_to_bf16_high(even));
+            let odd = _mm512_and_si512(f32x16_round_to_bf16_high(odd), high);
+            _mm512_storeu_si512(p as *mut _, _mm512_or_si512(even, odd));
+        }
+    });
+}
+
+macro_rules! avx512_wrappers {
+    ($( $name:ident => $inner:ident ( $($arg:ident : $ty:ty),* ) ;)*) => {$(
+        fn $name($($arg: $ty),*) {
+            // SAFETY: only reachable through AVX512_KERNELS, which `Kernels::for_isa` hands out
+            // after `Avx512::is_available()`.
+            unsafe { $inner($($arg),*) }
+        }
+    )*};
+}
+
+avx512_wrappers! {
+    scale_f32 => scale_f32_avx512(d: &mut [f32], c: f32);
+    scale_f16 => scale_f16_avx512(d: &mut [f16], c: f32);
+    scale_bf16 => scale_bf16_avx512(d: &mut [bf16], c: f32);
+}
+
 pub(crate) static AVX512_KERNELS: Kernels = Kernels {
     isa: Isa::Avx512,
     sum_sq: (sum_sq_f32, sum_sq_f16, sum_sq_bf16),
     sum_abs: (sum_abs_f32, sum_abs_f16, sum_abs_bf16),
     max_abs: (super::max_abs_f32, super::max_abs_f16, super::max_abs_bf16),
-    scale: (super::scale_f32, super::scale_f16, super::scale_bf16),
+    scale: (scale_f32, scale_f16, scale_bf16),
 };

@@ -145,55 +145,40 @@ pub(super) unsafe fn term<const SQ: bool>(acc: __m256d, x: __m256d) -> __m256d {
     }
 }
 
-/// f32x8 → bf16x8 with round-to-nearest-even; NaN keeps its top payload bits and is quieted,
-/// exactly as [`crate::dtype::f32_to_bf16_bits_rne`].
+/// Rounds eight f32 to bf16 with round-to-nearest-even, leaving each result in the upper 16 bits
+/// of its 32-bit word (the lower 16 bits are garbage). A NaN keeps its top payload bits and is
+/// quieted, exactly as [`crate::dtype::f32_to_bf16_bits_rne`]; overflow rounds to ±inf.
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[inline(always)]
-unsafe fn f32x8_to_bf16x8_avx2(y: __m256) -> __m128i {
+unsafe fn f32x8_round_to_bf16_high_avx2(y: __m256) -> __m256i {
     // SAFETY: forwarded to the caller.
     unsafe {
         let u = _mm256_castps_si256(y);
         let abs = _mm256_and_si256(u, _mm256_set1_epi32(0x7FFF_FFFF));
         let is_nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7F80_0000));
-        let hi = _mm256_srli_epi32::<16>(u);
-        let lsb = _mm256_and_si256(hi, _mm256_set1_epi32(1));
-        let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(
-            _mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)),
-            lsb,
-        ));
-        let quiet = _mm256_or_si256(hi, _mm256_set1_epi32(0x40));
-        let r = _mm256_blendv_epi8(rounded, quiet, is_nan);
-        let packed = _mm256_packus_epi32(r, r);
-        _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b1000>(packed))
+        let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(u), _mm256_set1_epi32(1));
+        let rounded = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb);
+        let quiet = _mm256_or_si256(u, _mm256_set1_epi32(0x0040_0000));
+        _mm256_blendv_epi8(rounded, quiet, is_nan)
     }
 }
 
-/// bf16x8 → f32x8 (exact).
-///
-/// # Safety
-/// The CPU must support AVX2; `p` must point to 8 readable bf16.
-#[inline(always)]
-unsafe fn bf16x8_to_f32x8_avx2(p: *const bf16) -> __m256 {
-    // SAFETY: forwarded to the caller.
-    unsafe {
-        let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
-        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
-    }
-}
-
-/// Runs `body` on every full group of 8 and on a zero-padded copy of the tail, so the tail goes
+/// Runs `body` on every full group of `N` and on a zero-padded copy of the tail, so the tail goes
 /// through the same vector code as the rest.
 #[inline(always)]
-fn for_each_x8<T: Copy + Default>(data: &mut [T], mut body: impl FnMut(&mut [T; 8])) {
-    let mut it = data.chunks_exact_mut(8);
+pub(super) fn for_each_group<T: Copy + Default, const N: usize>(
+    data: &mut [T],
+    mut body: impl FnMut(&mut [T; N]),
+) {
+    let mut it = data.chunks_exact_mut(N);
     for g in &mut it {
-        body(g.try_into().expect("chunks of 8"));
+        body(g.try_into().expect("chunks of N"));
     }
     let rest = it.into_remainder();
     if !rest.is_empty() {
-        let mut pad = [T::default(); 8];
+        let mut pad = [T::default(); N];
         pad[..rest.len()].copy_from_slice(rest);
         body(&mut pad);
         let n = rest.len();
@@ -204,7 +189,7 @@ fn for_each_x8<T: Copy + Default>(data: &mut [T], mut body: impl FnMut(&mut [T; 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn scale_f32_avx2(data: &mut [f32], c: f32) {
     let cv = _mm256_set1_ps(c);
-    for_each_x8(data, |g| {
+    for_each_group::<_, 8>(data, |g| {
         let p = g.as_mut_ptr();
         // SAFETY: 8 floats inside `g`; AVX enabled on this function.
         unsafe { _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), cv)) }
@@ -214,7 +199,7 @@ fn scale_f32_avx2(data: &mut [f32], c: f32) {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn scale_f16_avx2(data: &mut [f16], c: f32) {
     let cv = _mm256_set1_ps(c);
-    for_each_x8(data, |g| {
+    for_each_group::<_, 8>(data, |g| {
         let p = g.as_mut_ptr() as *mut __m128i;
         // SAFETY: 8 halves (16 bytes) inside `g`; F16C and AVX enabled on this function.
         unsafe {
@@ -224,15 +209,23 @@ fn scale_f16_avx2(data: &mut [f16], c: f32) {
     });
 }
 
+/// bf16 scale without shuffles: 16 elements are 8 words; `word << 16` and `word & 0xFFFF0000`
+/// are the even and odd elements as f32, and the rounded results go back to the low and high
+/// halves of the words.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn scale_bf16_avx2(data: &mut [bf16], c: f32) {
     let cv = _mm256_set1_ps(c);
-    for_each_x8(data, |g| {
-        let p = g.as_mut_ptr();
-        // SAFETY: 8 bf16 (16 bytes) inside `g`; AVX2 enabled on this function.
+    let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+    for_each_group::<_, 16>(data, |g| {
+        let p = g.as_mut_ptr() as *mut __m256i;
+        // SAFETY: 16 bf16 (32 bytes) inside `g`; AVX2 enabled on this function.
         unsafe {
-            let y = _mm256_mul_ps(bf16x8_to_f32x8_avx2(p), cv);
-            _mm_storeu_si128(p as *mut __m128i, f32x8_to_bf16x8_avx2(y));
+            let v = _mm256_loadu_si256(p);
+            let even = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)), cv);
+            let odd = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(v, high)), cv);
+            let even = _mm256_srli_epi32::<16>(f32x8_round_to_bf16_high_avx2(even));
+            let odd = _mm256_and_si256(f32x8_round_to_bf16_high_avx2(odd), high);
+            _mm256_storeu_si256(p, _mm256_or_si256(even, odd));
         }
     });
 }
