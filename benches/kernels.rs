@@ -175,7 +175,7 @@ fn clip_f32(c: &mut Criterion) {
                 level *= 0.999;
                 calls += 1;
                 let r = clip_grad_norm_(&mut [GradMut::F32(&mut v)], level, ClipOptions::default());
-                if calls % 600 == 0 {
+                if calls.is_multiple_of(600) {
                     scale_(&mut [GradMut::F32(&mut v)], norm0 / level).unwrap();
                     level = norm0;
                 }

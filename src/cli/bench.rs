@@ -314,7 +314,7 @@ fn bench_dtype<T: Wrap>(
                     )
                     .ok(),
                 );
-                if calls % 600 == 0 {
+                if calls.is_multiple_of(600) {
                     let up = norm0 / level;
                     scale_(&mut [wrap_mut(&mut buf.borrow_mut())], up).ok();
                     level = norm0;
