@@ -145,30 +145,25 @@ impl Element for bf16 {
     }
 }
 
-/// Exact binary16 → binary32 widening, plain bit logic (no table, no CPU feature).
+/// Exact binary16 → binary32 widening, branch-free bit logic (no table, no CPU feature), so loops
+/// over it vectorise.
 ///
-/// Normal numbers re-bias the exponent (15 → 127); subnormals (exponent field 0) are
-/// renormalised by shifting the significand up until its leading one reaches the hidden bit;
-/// inf/NaN keep their payload, shifted into the top of the f32 significand.
+/// The magnitude bits shifted up by 13 are an f32 whose exponent is 112 too small; multiplying
+/// by 2^112 fixes the exponent of normal numbers and, exactly, renormalises subnormals (an f16
+/// subnormal becomes an f32 subnormal first). Inf and NaN (exponent field 31) are rebuilt with
+/// the f32 all-ones exponent and the payload kept. Requires the default floating-point
+/// environment (no flush-to-zero), as all of Rust does.
 #[inline(always)]
 pub const fn f16_bits_to_f32(h: u16) -> f32 {
+    const TWO_POW_112: f32 = f32::from_bits((127 + 112) << 23);
     let sign = ((h as u32) & 0x8000) << 16;
-    let exp = ((h >> 10) & 0x1F) as u32;
-    let man = (h & 0x03FF) as u32;
-    let bits = if exp == 0x1F {
-        sign | 0x7F80_0000 | (man << 13)
-    } else if exp != 0 {
-        sign | ((exp + 112) << 23) | (man << 13)
-    } else if man == 0 {
-        sign
+    let abs = (h as u32) & 0x7FFF;
+    let magnitude = if abs >= 0x7C00 {
+        f32::from_bits(0x7F80_0000 | ((abs & 0x03FF) << 13))
     } else {
-        // Subnormal: value = man * 2^-24. Normalise so the leading one becomes the hidden bit.
-        let shift = man.leading_zeros() - 21; // leading one of a 10-bit field moved to bit 10
-        let man = (man << shift) & 0x03FF;
-        let exp = 113 - shift; // 2^-14 is f32 exponent 113; each shift halves
-        sign | (exp << 23) | (man << 13)
+        f32::from_bits(abs << 13) * TWO_POW_112
     };
-    f32::from_bits(bits)
+    f32::from_bits(magnitude.to_bits() | sign)
 }
 
 /// binary32 → binary16 with round-to-nearest-even, bit for bit what x86 F16C `vcvtps2ph`

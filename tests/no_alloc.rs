@@ -88,14 +88,20 @@ fn allocations(d: &mut Data, rounds: usize) -> usize {
 #[test]
 fn one_thread_allocates_nothing() {
     let mut d = data();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
     assert_eq!(pool.install(|| allocations(&mut d, 3)), 0);
 }
 
 #[test]
 fn two_threads_do_not_allocate_per_call() {
     let mut d = data();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
     let rounds = if cfg!(miri) { 1 } else { 40 };
     // 40 rounds are 440 calls; each forks dozens of times.
     let n = pool.install(|| allocations(&mut d, rounds));

@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod aarch64;
 pub(crate) mod generic;
 pub(crate) mod portable;
 #[cfg(target_arch = "x86_64")]
@@ -24,11 +26,13 @@ pub enum Isa {
     Avx2,
     /// x86_64 with AVX-512 F/BW/DQ/VL on top of AVX2, FMA and F16C, detected at run time.
     Avx512,
+    /// aarch64 NEON.
+    Neon,
 }
 
 impl Isa {
-    /// Every ISA gradclip knows, best last.
-    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+    /// Every ISA gradclip knows (best last within each architecture).
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Neon];
 
     /// Lower-case name (`portable`, `avx2`).
     pub const fn name(self) -> &'static str {
@@ -36,6 +40,7 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
         }
     }
 
@@ -49,6 +54,10 @@ impl Isa {
             Isa::Avx512 => x86_64::Avx512::is_available(),
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 | Isa::Avx512 => false,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => aarch64::Neon::is_available(),
+            #[cfg(not(target_arch = "aarch64"))]
+            Isa::Neon => false,
         }
     }
 
@@ -113,6 +122,8 @@ impl Kernels {
             Isa::Avx2 => Some(&x86_64::AVX2_KERNELS),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => Some(&x86_64::AVX512_KERNELS),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => Some(&aarch64::NEON_KERNELS),
             #[allow(unreachable_patterns)]
             _ => None,
         }

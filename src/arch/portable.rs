@@ -40,7 +40,7 @@ unsafe impl Backend for Portable {
     #[inline(always)]
     fn accum_f16<const SQ: bool>(self, mut acc: Self::Acc, g: &[f16; LANES]) -> Self::Acc {
         for j in 0..LANES {
-            acc[j] += term::<SQ>(g[j].to_f32());
+            acc[j] += term::<SQ>(Element::to_f32(g[j]));
         }
         acc
     }
