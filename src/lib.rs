@@ -69,3 +69,4 @@ pub mod rng;
 pub mod stabilize;
 mod toolkit_error;
 pub use toolkit_error::ToolkitError;
+pub mod rnn;

@@ -1,13 +1,505 @@
-//! `gradclip demo` (being written).
+//! `gradclip demo`: a vanilla tanh RNN on the adding problem, with and without the defences
+//! against exploding gradients, measured and reported. All numerics live in the library
+//! ([`gradclip::rnn`], [`gradclip::monitor`], [`gradclip::stabilize`]); this file chooses the
+//! experiments, formats the report and draws the figures.
 
+mod plot;
+mod text;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
+
+use gradclip::advisor::{advise, RunFacts};
+use gradclip::monitor::{MonitorConfig, Symptom};
+use gradclip::rng::Rng;
+use gradclip::rnn::{
+    gradient_flow, train, AddingBatch, Defences, RecurrentInit, Rnn, TrainConfig, TrainOutcome,
+};
+use gradclip::stabilize::{spectral_radius_exact, spectral_radius_power, SpectralNorm};
+use gradclip::ToolkitError;
+
+use plot::{log_chart, Series};
+use text::{log_sparkline, num};
 
 /// Arguments of `gradclip demo`.
-#[derive(clap::Args, Debug)]
-pub struct DemoArgs {}
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// SGD steps of each training run.
+    #[arg(long, default_value_t = 600)]
+    pub steps: usize,
+    /// Hidden size of the RNN.
+    #[arg(long, default_value_t = 64)]
+    pub hidden: usize,
+    /// Sequence length T (BPTT horizon of the full runs).
+    #[arg(long, default_value_t = 50)]
+    pub seq_len: usize,
+    /// Seed of every weight and every batch (same seed ⇒ same numbers).
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Directory for the SVG figures and the CSV files (created if missing).
+    #[arg(long, default_value = "gradclip-demo")]
+    pub out: PathBuf,
+    /// Sequences per SGD step.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Learning rate of the runs without a lowered rate.
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f64,
+    /// Learning rate of run (f), "lower LR without clipping".
+    #[arg(long, default_value_t = 0.005)]
+    pub low_lr: f64,
+    /// Largest H of the eigenvalue study (powers of two from 16).
+    #[arg(long, default_value_t = 1024)]
+    pub max_eigen_h: usize,
+}
+
+/// The spectral norm of W_hh in the exploding runs.
+const GAMMA_EXPLODING: f64 = 1.5;
+const CLIP: f64 = 1.0;
+const TBPTT_K: usize = 10;
 
 /// Runs `gradclip demo`.
-pub fn run(_args: DemoArgs) -> ExitCode {
-    eprintln!("gradclip demo: not available yet");
-    ExitCode::from(2)
+pub fn run(args: DemoArgs) -> ExitCode {
+    match demo(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gradclip demo: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+struct RunSpec {
+    key: &'static str,
+    name: &'static str,
+    init: RecurrentInit,
+    defences: Defences,
+    lr: f64,
+}
+
+fn demo(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.steps == 0 || args.hidden == 0 || args.batch == 0 {
+        return Err("--steps, --hidden and --batch must be at least 1".into());
+    }
+    if args.seq_len < 4 {
+        return Err("--seq-len must be at least 4".into());
+    }
+    let t0 = Instant::now();
+    std::fs::create_dir_all(&args.out)?;
+    let (h, t_len) = (args.hidden, args.seq_len);
+    println!("gradclip demo — vanilla tanh RNN (H = {h}) on the adding problem, T = {t_len}, seed {}", args.seed);
+    println!(
+        "SGD, batch {}, {} steps per run; the same weights and batches for every run.\n",
+        args.batch, args.steps
+    );
+
+    // 1. Gradient flow.
+    let flows = gradient_flow_section(args)?;
+
+    // 2. Training runs.
+    let outcomes = training_section(args)?;
+
+    // 3. Eigenvalues.
+    eigen_section(args)?;
+
+    // Advisor.
+    let nan_seen = outcomes.iter().any(|(_, o)| o.nan_step.is_some());
+    let facts = RunFacts {
+        recurrent: true,
+        gated: false,
+        layers: 1,
+        seq_len: t_len,
+        nan_seen,
+        spikes_seen: outcomes.iter().any(|(_, o)| {
+            o.records
+                .iter()
+                .any(|r| r.symptoms.contains(Symptom::LossSpike))
+        }),
+        current_max_norm: None,
+    };
+    println!("4. Advisor (the guidelines table applied to this run: RNN, 1 layer, T = {t_len}, NaN seen: {nan_seen})");
+    for r in advise(&facts) {
+        println!("   - {} ({})", r.action, r.situation);
+    }
+    println!();
+
+    // Figures and CSV.
+    write_outputs(args, &flows, &outcomes)?;
+    println!(
+        "Figures and tables written to {} (flow.svg, norms.svg, loss.svg, runs.csv, norms.csv).",
+        args.out.display()
+    );
+    println!("Total time {:.1} s.", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn gradient_flow_section(args: &DemoArgs) -> Result<Vec<(f64, Vec<f64>)>, ToolkitError> {
+    let (h, t_len) = (args.hidden, args.seq_len);
+    println!("1. Gradient flow: ‖∂L/∂h_t‖ / ‖∂L/∂h_T‖ at initialisation, W_hh = γ·Q (Q orthogonal, all singular values γ)");
+    let data = AddingBatch::sample(64, t_len, &mut Rng::derive(args.seed, 10))?;
+    let mut flows = Vec::new();
+    for gamma in [0.9, 1.0, GAMMA_EXPLODING] {
+        // Same Q for every γ: the same stream, only the gain differs.
+        let rnn = Rnn::new(h, RecurrentInit::ScaledOrthogonal(gamma), &mut Rng::derive(args.seed, 1))?;
+        flows.push((gamma, gradient_flow(&rnn, &data)?));
+    }
+    let mut header = String::from("   T−t ");
+    for (g, _) in &flows {
+        let _ = write!(header, "│ γ={g:<4} measured   bound γ^(T−t) ");
+    }
+    println!("{header}");
+    let marks: Vec<usize> = (0..=t_len).step_by((t_len / 5).max(1)).collect();
+    for &back in &marks {
+        let t = t_len - back;
+        let mut line = format!("   {back:>4} ");
+        for (g, f) in &flows {
+            let ratio = f[t] / f[t_len];
+            let _ = write!(line, "│ {:>16} {:>14} ", num(ratio), num(g.powi(back as i32)));
+        }
+        println!("{line}");
+    }
+    for (g, f) in &flows {
+        let ratio = f[0] / f[t_len];
+        let rate = ratio.powf(1.0 / t_len as f64);
+        let spark: Vec<f64> = f.iter().rev().cloned().collect();
+        println!(
+            "   γ={g:<4} {}  per-step factor {:.3} (bound {g}); over {t_len} steps ×{} vs bound ×{}",
+            log_sparkline(&spark, spark.len(), 40, 1e-8, 1e8),
+            rate,
+            num(ratio),
+            num(g.powi(t_len as i32))
+        );
+    }
+    let (_, f15) = &flows[2];
+    let growth15 = f15[0] / f15[t_len];
+    let (_, f09) = &flows[0];
+    let growth09 = f09[0] / f09[t_len];
+    println!(
+        "   Measured: γ = 0.9 {} (×{}), γ = 1.5 {} (×{}).",
+        if growth09 < 1.0 { "vanishes" } else { "does not vanish" },
+        num(growth09),
+        if growth15 > 1.0 { "grows" } else { "does not grow" },
+        num(growth15)
+    );
+    println!(
+        "   The bound γ^(T−t) = {} for γ = 1.5 is an upper bound: tanh' = 1 − h² < 1 damps every step, so the \
+         measured growth is {} the bound.\n",
+        num(GAMMA_EXPLODING.powi(t_len as i32)),
+        if growth15 < 0.01 * GAMMA_EXPLODING.powi(t_len as i32) {
+            "orders of magnitude below"
+        } else {
+            "close to"
+        }
+    );
+    Ok(flows)
+}
+
+fn training_section(args: &DemoArgs) -> Result<Vec<(RunSpec, TrainOutcome)>, Box<dyn std::error::Error>> {
+    let exploding = RecurrentInit::ScaledOrthogonal(GAMMA_EXPLODING);
+    let specs = vec![
+        RunSpec {
+            key: "a",
+            name: "σ=1.5, no clipping",
+            init: exploding,
+            defences: Defences::default(),
+            lr: args.lr,
+        },
+        RunSpec {
+            key: "b",
+            name: "σ=1.5 + clip_grad_norm_(1.0)",
+            init: exploding,
+            defences: Defences {
+                clip_max_norm: Some(CLIP),
+                ..Defences::default()
+            },
+            lr: args.lr,
+        },
+        RunSpec {
+            key: "c",
+            name: "orthogonal init + clip(1.0)",
+            init: RecurrentInit::ScaledOrthogonal(1.0),
+            defences: Defences {
+                clip_max_norm: Some(CLIP),
+                ..Defences::default()
+            },
+            lr: args.lr,
+        },
+        RunSpec {
+            key: "d",
+            name: "σ=1.5 + spectral normalization",
+            init: exploding,
+            defences: Defences {
+                spectral_norm: true,
+                ..Defences::default()
+            },
+            lr: args.lr,
+        },
+        RunSpec {
+            key: "e",
+            name: "σ=1.5 + TBPTT k=10 + clip(1.0)",
+            init: exploding,
+            defences: Defences {
+                clip_max_norm: Some(CLIP),
+                bptt_horizon: Some(TBPTT_K),
+                ..Defences::default()
+            },
+            lr: args.lr,
+        },
+        RunSpec {
+            key: "f",
+            name: "σ=1.5, lower LR, no clipping",
+            init: exploding,
+            defences: Defences::default(),
+            lr: args.low_lr,
+        },
+    ];
+    println!(
+        "2. Training runs (learning rate {} unless noted; evaluation on 512 held-out sequences; \
+         predicting the mean scores MSE ≈ 0.167, accuracy = |y − target| < 0.04)",
+        args.lr
+    );
+    let mut out = Vec::new();
+    for spec in specs {
+        let cfg = TrainConfig {
+            hidden: args.hidden,
+            seq_len: args.seq_len,
+            batch: args.batch,
+            steps: args.steps,
+            lr: spec.lr,
+            seed: args.seed,
+            init: spec.init,
+            defences: spec.defences,
+            eval_batch: 512,
+            monitor: MonitorConfig::default(),
+        };
+        let o = train(&cfg)?;
+        out.push((spec, o));
+    }
+    println!(
+        "   run                                  lr     final MSE  accuracy  NaN at  peak ‖g‖   alerts (first)  time"
+    );
+    for (s, o) in &out {
+        let (mse, acc) = match o.eval {
+            Some(e) => (num(e.loss), format!("{:5.1}%", 100.0 * e.accuracy)),
+            None => ("NaN".into(), "  —".into()),
+        };
+        let nan = o.nan_step.map_or("—".to_string(), |s| s.to_string());
+        let alerts = match o.first_alert {
+            Some(f) => format!("{} ({f})", o.alerts),
+            None => "0".into(),
+        };
+        println!(
+            "   ({}) {:<32} {:<6} {:>9}  {:>8}  {:>6}  {:>9}  {:>14}  {:.2}s",
+            s.key,
+            s.name,
+            s.lr,
+            mse,
+            acc,
+            nan,
+            num(o.peak_norm),
+            alerts,
+            o.seconds
+        );
+    }
+    println!("   Gradient norm per step (log scale 1e-3 … 1e5; × = NaN/inf; blank = stopped):");
+    for (s, o) in &out {
+        let norms: Vec<f64> = o.records.iter().map(|r| r.grad_norm).collect();
+        println!("   ({}) {}", s.key, log_sparkline(&norms, args.steps, 60, 1e-3, 1e5));
+    }
+    println!("   Training loss per step (log scale 1e-3 … 1e3):");
+    for (s, o) in &out {
+        let losses: Vec<f64> = o.records.iter().map(|r| r.loss).collect();
+        println!("   ({}) {}", s.key, log_sparkline(&losses, args.steps, 60, 1e-3, 1e3));
+    }
+    println!();
+    print_claims(&out);
+    Ok(out)
+}
+
+fn print_claims(out: &[(RunSpec, TrainOutcome)]) {
+    let get = |k: &str| out.iter().find(|(s, _)| s.key == k).map(|(_, o)| o);
+    let (Some(a), Some(b), Some(e)) = (get("a"), get("b"), get("e")) else {
+        return;
+    };
+    println!("   Checks of the reference text's claims:");
+    let a_failed = a.nan_step.is_some()
+        || a.eval.is_none_or(|ev| ev.loss > a.initial_eval.loss);
+    println!(
+        "   - (a) without clipping the run {}{}.",
+        match a.nan_step {
+            Some(s) => format!("hit NaN/inf at step {s}"),
+            None if a_failed => "diverged (final loss above the initial loss)".into(),
+            None => "did NOT diverge in this budget".into(),
+        },
+        match (a.first_alert, a.nan_step) {
+            (Some(f), Some(n)) if f < n => format!("; the monitor fired first, at step {f} ({} steps earlier)", n - f),
+            (Some(f), _) => format!("; the monitor's first alert was at step {f}"),
+            (None, _) => "; the monitor did not fire".into(),
+        }
+    );
+    let b_trains = b.nan_step.is_none() && b.eval.is_some_and(|ev| ev.loss < b.initial_eval.loss);
+    println!(
+        "   - (b) with clip_grad_norm_(1.0) the run {} (loss {} → {}).",
+        if b_trains { "stayed finite and the loss fell" } else { "did NOT train" },
+        num(b.initial_eval.loss),
+        b.eval.map_or("NaN".into(), |e| num(e.loss))
+    );
+    if let (Some(be), Some(ee)) = (b.eval, e.eval) {
+        println!(
+            "   - (e) truncated BPTT (k = {TBPTT_K}) stayed finite; its accuracy {:.1}% vs {:.1}% for full BPTT (b): {}.",
+            100.0 * ee.accuracy,
+            100.0 * be.accuracy,
+            if ee.accuracy < be.accuracy {
+                "the markers lie more than k steps back, and it learns less"
+            } else {
+                "in this run it did NOT learn less than full BPTT"
+            }
+        );
+    }
+    println!();
+}
+
+fn eigen_section(args: &DemoArgs) -> Result<(), ToolkitError> {
+    println!("3. Largest |eigenvalue| of an H×H matrix with N(0,1) entries vs √H (reference: grows like √H)");
+    println!("      H      √H   ρ exact   ρ power   ρ/√H   σ₁ (spectral norm)  σ₁/√H   time");
+    let mut rng = Rng::derive(args.seed, 20);
+    let mut h = 16usize;
+    let mut ratios = Vec::new();
+    while h <= args.max_eigen_h.max(16) {
+        let t = Instant::now();
+        let mut a = vec![0.0f64; h * h];
+        rng.fill_normal_f64(&mut a, 1.0);
+        let exact = if h <= 256 {
+            Some(spectral_radius_exact(&a, h)?)
+        } else {
+            None
+        };
+        let power = spectral_radius_power(&a, h, 200, 300, &mut rng)?;
+        let mut sn = SpectralNorm::new(&a, h, h, 30, &mut rng)?;
+        let sigma1 = sn.sigma(&a)?;
+        let rho = exact.unwrap_or(power);
+        let sq = (h as f64).sqrt();
+        ratios.push(rho / sq);
+        println!(
+            "   {h:>5} {sq:>7.2} {:>9} {:>9.2} {:>7.3} {:>12.2}  {:>13.3}  {:.2}s",
+            exact.map_or("—".into(), |e| format!("{e:.2}")),
+            power,
+            rho / sq,
+            sigma1,
+            sigma1 / sq,
+            t.elapsed().as_secs_f64()
+        );
+        h *= 2;
+    }
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, u), r| (l.min(*r), u.max(*r)));
+    println!(
+        "   Measured ρ/√H between {lo:.3} and {hi:.3}: the spectral radius does grow like √H (the circular law). \
+         The spectral norm, which bounds the gradient growth, is about 2√H. ρ exact: eigenvalues from the \
+         real Schur form (H ≤ 256); ρ power: power-method estimate (log-growth average)."
+    );
+    println!(
+        "   So an N(0,1) W_hh with H = {} has ρ ≈ {:.0}: entries must be scaled by ≈ 1/√H (as Xavier and orthogonal \
+         initialisation do) to keep γ near 1.\n",
+        args.hidden,
+        (args.hidden as f64).sqrt()
+    );
+    Ok(())
+}
+
+fn write_outputs(
+    args: &DemoArgs,
+    flows: &[(f64, Vec<f64>)],
+    outcomes: &[(RunSpec, TrainOutcome)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let t_len = args.seq_len;
+    // Gradient flow figure.
+    let mut series = Vec::new();
+    for (i, (g, f)) in flows.iter().enumerate() {
+        let base = f[t_len];
+        series.push(Series {
+            label: format!("measured, γ = {g}"),
+            points: (0..=t_len).map(|t| ((t_len - t) as f64, f[t] / base)).collect(),
+            dashed: false,
+            color: i,
+        });
+        series.push(Series {
+            label: format!("bound γ^(T−t), γ = {g}"),
+            points: (0..=t_len).map(|b| (b as f64, g.powi(b as i32))).collect(),
+            dashed: true,
+            color: i,
+        });
+    }
+    log_chart(
+        &args.out.join("flow.svg"),
+        "Gradient flow ‖∂L/∂h_t‖ / ‖∂L/∂h_T‖ vs steps back T − t",
+        "T − t",
+        "relative gradient norm",
+        &series,
+    )?;
+    let run_series = |f: &dyn Fn(&gradclip::rnn::StepRecord) -> f64| -> Vec<Series> {
+        outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, (s, o))| Series {
+                label: format!("({}) {}", s.key, s.name),
+                points: o.records.iter().enumerate().map(|(k, r)| (k as f64, f(r))).collect(),
+                dashed: false,
+                color: i,
+            })
+            .collect()
+    };
+    log_chart(
+        &args.out.join("norms.svg"),
+        "Total gradient norm per step (before clipping)",
+        "step",
+        "‖g‖₂",
+        &run_series(&|r| r.grad_norm),
+    )?;
+    log_chart(
+        &args.out.join("loss.svg"),
+        "Training loss (MSE) per step",
+        "step",
+        "loss",
+        &run_series(&|r| r.loss),
+    )?;
+    let mut csv = String::from("run,name,lr,final_mse,accuracy,nan_step,peak_norm,alerts,first_alert,seconds\n");
+    for (s, o) in outcomes {
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{},{},{},{:.3}",
+            s.key,
+            s.name,
+            s.lr,
+            o.eval.map_or(f64::NAN, |e| e.loss),
+            o.eval.map_or(f64::NAN, |e| e.accuracy),
+            o.nan_step.map_or(String::new(), |v| v.to_string()),
+            o.peak_norm,
+            o.alerts,
+            o.first_alert.map_or(String::new(), |v| v.to_string()),
+            o.seconds
+        );
+    }
+    std::fs::write(args.out.join("runs.csv"), csv)?;
+    let mut norms = String::from("run,step,loss,grad_norm,clipped,sigma_hh,symptoms\n");
+    for (s, o) in outcomes {
+        for (k, r) in o.records.iter().enumerate() {
+            let sym: Vec<&str> = r.symptoms.iter().map(|x| x.name()).collect();
+            let _ = writeln!(
+                norms,
+                "{},{k},{},{},{},{},{}",
+                s.key,
+                r.loss,
+                r.grad_norm,
+                r.clipped,
+                r.sigma_hh,
+                sym.join("|")
+            );
+        }
+    }
+    std::fs::write(args.out.join("norms.csv"), norms)?;
+    Ok(())
 }
