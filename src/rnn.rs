@@ -194,6 +194,16 @@ impl Rnn {
     }
 }
 
+/// Where the two markers of the adding problem may fall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MarkerLayout {
+    /// First marker in `[0, T/2)`, second in `[T/2, T)` (the common modern variant).
+    #[default]
+    Halves,
+    /// First marker in `[0, 10)`, second in `[10, T/2)`: both at least T/2 steps back.
+    Early,
+}
+
 /// A batch of the adding problem.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AddingBatch {
@@ -209,21 +219,32 @@ pub struct AddingBatch {
 
 impl AddingBatch {
     /// Draws `batch` sequences of length `seq_len` (≥ 4) from `rng`; see the module docs.
-    pub fn sample(batch: usize, seq_len: usize, rng: &mut Rng) -> Result<Self, ToolkitError> {
+    pub fn sample(
+        batch: usize,
+        seq_len: usize,
+        layout: MarkerLayout,
+        rng: &mut Rng,
+    ) -> Result<Self, ToolkitError> {
         if seq_len < 4 {
             return Err(ToolkitError::param("seq_len", seq_len as f64, "at least 4"));
         }
         let mut inputs = vec![0.0f32; batch * seq_len * INPUT];
         let mut targets = vec![0.0f32; batch];
         let half = seq_len / 2;
-        let first_end = 10.min(half - 1).max(1);
+        let (first_end, second_start, second_end) = match layout {
+            MarkerLayout::Halves => (half, half, seq_len),
+            MarkerLayout::Early => {
+                let e = 10.min(half - 1).max(1);
+                (e, e, half)
+            }
+        };
         for (b, target) in targets.iter_mut().enumerate() {
             let seq = &mut inputs[b * seq_len * INPUT..(b + 1) * seq_len * INPUT];
             for t in 0..seq_len {
                 seq[t * INPUT] = rng.uniform() as f32;
             }
             let p1 = rng.below(first_end);
-            let p2 = first_end + rng.below(half - first_end);
+            let p2 = second_start + rng.below(second_end - second_start);
             seq[p1 * INPUT + 1] = 1.0;
             seq[p2 * INPUT + 1] = 1.0;
             *target = seq[p1 * INPUT] + seq[p2 * INPUT];
@@ -287,13 +308,7 @@ fn forward_sample(rnn: &Rnn, ws: &mut Workspace, x: &[f32], seq_len: usize) -> f
         }
     }
     let h_last = &ws.hs[seq_len * h..(seq_len + 1) * h];
-    rnn.b_y[0]
-        + rnn
-            .w_hy
-            .iter()
-            .zip(h_last)
-            .map(|(a, b)| a * b)
-            .sum::<f32>()
+    rnn.b_y[0] + rnn.w_hy.iter().zip(h_last).map(|(a, b)| a * b).sum::<f32>()
 }
 
 /// Backward pass of one sample with output gradient `dy`, accumulating into `g`. When
@@ -339,7 +354,9 @@ fn backward_sample(
             g.w_xh[i * INPUT + 1] += dzi * x1;
             if dzi != 0.0 {
                 let row = &mut g.w_hh[i * h..(i + 1) * h];
-                row.iter_mut().zip(h_prev).for_each(|(gw, &hp)| *gw += dzi * hp);
+                row.iter_mut()
+                    .zip(h_prev)
+                    .for_each(|(gw, &hp)| *gw += dzi * hp);
             }
         }
         if t == t_stop && flow.is_none() {
@@ -441,7 +458,16 @@ pub fn loss_and_grad(
                 let e = y - data.targets[b];
                 loss += (e as f64) * (e as f64);
                 correct += usize::from((e as f64).abs() < ADDING_TOLERANCE);
-                backward_sample(rnn, &mut ws, x, data.seq_len, scale * e, horizon, &mut g, None);
+                backward_sample(
+                    rnn,
+                    &mut ws,
+                    x,
+                    data.seq_len,
+                    scale * e,
+                    horizon,
+                    &mut g,
+                    None,
+                );
             }
             (loss, correct, g)
         })
@@ -517,6 +543,10 @@ pub struct TrainConfig {
     pub init: RecurrentInit,
     /// Defences.
     pub defences: Defences,
+    /// Momentum μ of SGD (`v ← μ v + g`, `θ ← θ − η v`; 0 for plain SGD).
+    pub momentum: f64,
+    /// Marker layout of the adding problem.
+    pub layout: MarkerLayout,
     /// Sequences in the final evaluation.
     pub eval_batch: usize,
     /// Monitor thresholds.
@@ -561,13 +591,18 @@ pub struct TrainOutcome {
     pub final_model: Rnn,
 }
 
-fn sgd_step(rnn: &mut Rnn, w_hh: &mut [f32], g: &RnnGrads, lr: f32) {
-    let upd = |p: &mut [f32], g: &[f32]| p.iter_mut().zip(g).for_each(|(p, g)| *p -= lr * g);
-    upd(&mut rnn.w_xh, &g.w_xh);
-    upd(w_hh, &g.w_hh);
-    upd(&mut rnn.b_h, &g.b_h);
-    upd(&mut rnn.w_hy, &g.w_hy);
-    upd(&mut rnn.b_y, &g.b_y);
+fn sgd_step(rnn: &mut Rnn, w_hh: &mut [f32], g: &RnnGrads, vel: &mut RnnGrads, lr: f32, mu: f32) {
+    let upd = |p: &mut [f32], g: &[f32], v: &mut [f32]| {
+        for ((p, g), v) in p.iter_mut().zip(g).zip(v.iter_mut()) {
+            *v = mu * *v + g;
+            *p -= lr * *v;
+        }
+    };
+    upd(&mut rnn.w_xh, &g.w_xh, &mut vel.w_xh);
+    upd(w_hh, &g.w_hh, &mut vel.w_hh);
+    upd(&mut rnn.b_h, &g.b_h, &mut vel.b_h);
+    upd(&mut rnn.w_hy, &g.w_hy, &mut vel.w_hy);
+    upd(&mut rnn.b_y, &g.b_y, &mut vel.b_y);
 }
 
 /// Trains an RNN with SGD under `cfg` and records every step; see the module docs.
@@ -576,6 +611,9 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, ToolkitError> {
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
         return Err(ToolkitError::param("lr", cfg.lr, "finite and > 0"));
     }
+    if !(cfg.momentum.is_finite() && (0.0..1.0).contains(&cfg.momentum)) {
+        return Err(ToolkitError::param("momentum", cfg.momentum, "in [0, 1)"));
+    }
     if cfg.batch == 0 || cfg.eval_batch == 0 {
         return Err(ToolkitError::param("batch", 0.0, "at least 1"));
     }
@@ -583,13 +621,26 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, ToolkitError> {
     let h = cfg.hidden;
     let mut rnn = Rnn::new(h, cfg.init, &mut Rng::derive(cfg.seed, 1))?;
     let mut data_rng = Rng::derive(cfg.seed, 2);
-    let eval_data = AddingBatch::sample(cfg.eval_batch, cfg.seq_len, &mut Rng::derive(cfg.seed, 3))?;
+    let eval_data = AddingBatch::sample(
+        cfg.eval_batch,
+        cfg.seq_len,
+        cfg.layout,
+        &mut Rng::derive(cfg.seed, 3),
+    )?;
     let mut monitor = GradientMonitor::new(cfg.monitor)?;
     let mut grads = RnnGrads::zeros(h);
+    let mut velocity = RnnGrads::zeros(h);
+    let (lr, mu) = (cfg.lr as f32, cfg.momentum as f32);
     // For spectral normalization `raw` holds W and `rnn.w_hh` the effective W / σ.
     let mut raw = rnn.w_hh.clone();
     let mut sn = if cfg.defences.spectral_norm {
-        Some(SpectralNorm::new(&raw, h, h, 1, &mut Rng::derive(cfg.seed, 4))?)
+        Some(SpectralNorm::new(
+            &raw,
+            h,
+            h,
+            1,
+            &mut Rng::derive(cfg.seed, 4),
+        )?)
     } else {
         None
     };
@@ -610,7 +661,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, ToolkitError> {
         ..ClipOptions::default()
     };
     for step in 0..cfg.steps {
-        let data = AddingBatch::sample(cfg.batch, cfg.seq_len, &mut data_rng)?;
+        let data = AddingBatch::sample(cfg.batch, cfg.seq_len, cfg.layout, &mut data_rng)?;
         let stats = loss_and_grad(&rnn, &data, cfg.defences.bptt_horizon, &mut grads)?;
         if let Some(sn) = sn.as_ref() {
             // Backprop through W / σ(W) with u, v held fixed (as PyTorch):
@@ -634,7 +685,13 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, ToolkitError> {
             .views()
             .into_iter()
             .map(|g| buffer_norm(g, NormType::L2).unwrap_or(f64::NAN))
-            .fold(0.0f64, |a, b| if b.is_nan() || a.is_nan() { f64::NAN } else { a.max(b) });
+            .fold(0.0f64, |a, b| {
+                if b.is_nan() || a.is_nan() {
+                    f64::NAN
+                } else {
+                    a.max(b)
+                }
+            });
         let param_norm = get_total_norm(&rnn.views(), NormType::L2).unwrap_or(f64::NAN);
         let verdict = monitor.observe(
             Observation::norm(norm)
@@ -676,7 +733,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, ToolkitError> {
             sigma_hh,
         });
         if let Some(sn) = sn.as_mut() {
-            sgd_step(&mut rnn, &mut raw, &grads, cfg.lr as f32);
+            sgd_step(&mut rnn, &mut raw, &grads, &mut velocity, lr, mu);
             sigma = sn.sigma(&raw)?;
             if sigma > SPECTRAL_EPS && sigma.is_finite() {
                 for (e, r) in rnn.w_hh.iter_mut().zip(&raw) {
@@ -685,11 +742,14 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, ToolkitError> {
             }
         } else {
             let mut w = std::mem::take(&mut rnn.w_hh);
-            sgd_step(&mut rnn, &mut w, &grads, cfg.lr as f32);
+            sgd_step(&mut rnn, &mut w, &grads, &mut velocity, lr, mu);
             rnn.w_hh = w;
         }
     }
-    let finite = rnn.views().iter().all(|g| get_total_norm(&[*g], NormType::L2).is_ok());
+    let finite = rnn
+        .views()
+        .iter()
+        .all(|g| get_total_norm(&[*g], NormType::L2).is_ok());
     let eval = if finite {
         let e = evaluate(&rnn, &eval_data)?;
         e.loss.is_finite().then_some(e)

@@ -15,7 +15,8 @@ use gradclip::advisor::{advise, RunFacts};
 use gradclip::monitor::{MonitorConfig, Symptom};
 use gradclip::rng::Rng;
 use gradclip::rnn::{
-    gradient_flow, train, AddingBatch, Defences, RecurrentInit, Rnn, TrainConfig, TrainOutcome,
+    gradient_flow, train, AddingBatch, Defences, MarkerLayout, RecurrentInit, Rnn, TrainConfig,
+    TrainOutcome,
 };
 use gradclip::stabilize::{spectral_radius_exact, spectral_radius_power, SpectralNorm};
 use gradclip::ToolkitError;
@@ -50,6 +51,17 @@ pub struct DemoArgs {
     /// Learning rate of run (f), "lower LR without clipping".
     #[arg(long, default_value_t = 0.005)]
     pub low_lr: f64,
+    /// SGD momentum of every run.
+    #[arg(long, default_value_t = 0.0)]
+    pub momentum: f64,
+    /// Marker layout of the adding problem: `early` (both markers in the first half, the first
+    /// within 10 steps of the start) or `halves` (first marker in the first half, second in the
+    /// second).
+    #[arg(long, default_value = "early", value_parser = ["early", "halves"])]
+    pub task: String,
+    /// Which training runs to do (letters a–f).
+    #[arg(long, default_value = "abcdef")]
+    pub runs: String,
     /// Largest H of the eigenvalue study (powers of two from 16).
     #[arg(long, default_value_t = 1024)]
     pub max_eigen_h: usize,
@@ -59,6 +71,14 @@ pub struct DemoArgs {
 const GAMMA_EXPLODING: f64 = 1.5;
 const CLIP: f64 = 1.0;
 const TBPTT_K: usize = 10;
+
+fn layout(args: &DemoArgs) -> MarkerLayout {
+    if args.task == "halves" {
+        MarkerLayout::Halves
+    } else {
+        MarkerLayout::Early
+    }
+}
 
 /// Runs `gradclip demo`.
 pub fn run(args: DemoArgs) -> ExitCode {
@@ -89,7 +109,10 @@ fn demo(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     std::fs::create_dir_all(&args.out)?;
     let (h, t_len) = (args.hidden, args.seq_len);
-    println!("gradclip demo — vanilla tanh RNN (H = {h}) on the adding problem, T = {t_len}, seed {}", args.seed);
+    println!(
+        "gradclip demo — vanilla tanh RNN (H = {h}) on the adding problem, T = {t_len}, seed {}",
+        args.seed
+    );
     println!(
         "SGD, batch {}, {} steps per run; the same weights and batches for every run.\n",
         args.batch, args.steps
@@ -138,11 +161,15 @@ fn demo(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
 fn gradient_flow_section(args: &DemoArgs) -> Result<Vec<(f64, Vec<f64>)>, ToolkitError> {
     let (h, t_len) = (args.hidden, args.seq_len);
     println!("1. Gradient flow: ‖∂L/∂h_t‖ / ‖∂L/∂h_T‖ at initialisation, W_hh = γ·Q (Q orthogonal, all singular values γ)");
-    let data = AddingBatch::sample(64, t_len, &mut Rng::derive(args.seed, 10))?;
+    let data = AddingBatch::sample(64, t_len, layout(args), &mut Rng::derive(args.seed, 10))?;
     let mut flows = Vec::new();
     for gamma in [0.9, 1.0, GAMMA_EXPLODING] {
         // Same Q for every γ: the same stream, only the gain differs.
-        let rnn = Rnn::new(h, RecurrentInit::ScaledOrthogonal(gamma), &mut Rng::derive(args.seed, 1))?;
+        let rnn = Rnn::new(
+            h,
+            RecurrentInit::ScaledOrthogonal(gamma),
+            &mut Rng::derive(args.seed, 1),
+        )?;
         flows.push((gamma, gradient_flow(&rnn, &data)?));
     }
     let mut header = String::from("   T−t ");
@@ -156,7 +183,12 @@ fn gradient_flow_section(args: &DemoArgs) -> Result<Vec<(f64, Vec<f64>)>, Toolki
         let mut line = format!("   {back:>4} ");
         for (g, f) in &flows {
             let ratio = f[t] / f[t_len];
-            let _ = write!(line, "│ {:>16} {:>14} ", num(ratio), num(g.powi(back as i32)));
+            let _ = write!(
+                line,
+                "│ {:>16} {:>14} ",
+                num(ratio),
+                num(g.powi(back as i32))
+            );
         }
         println!("{line}");
     }
@@ -178,9 +210,17 @@ fn gradient_flow_section(args: &DemoArgs) -> Result<Vec<(f64, Vec<f64>)>, Toolki
     let growth09 = f09[0] / f09[t_len];
     println!(
         "   Measured: γ = 0.9 {} (×{}), γ = 1.5 {} (×{}).",
-        if growth09 < 1.0 { "vanishes" } else { "does not vanish" },
+        if growth09 < 1.0 {
+            "vanishes"
+        } else {
+            "does not vanish"
+        },
         num(growth09),
-        if growth15 > 1.0 { "grows" } else { "does not grow" },
+        if growth15 > 1.0 {
+            "grows"
+        } else {
+            "does not grow"
+        },
         num(growth15)
     );
     println!(
@@ -196,7 +236,9 @@ fn gradient_flow_section(args: &DemoArgs) -> Result<Vec<(f64, Vec<f64>)>, Toolki
     Ok(flows)
 }
 
-fn training_section(args: &DemoArgs) -> Result<Vec<(RunSpec, TrainOutcome)>, Box<dyn std::error::Error>> {
+fn training_section(
+    args: &DemoArgs,
+) -> Result<Vec<(RunSpec, TrainOutcome)>, Box<dyn std::error::Error>> {
     let exploding = RecurrentInit::ScaledOrthogonal(GAMMA_EXPLODING);
     let specs = vec![
         RunSpec {
@@ -262,6 +304,9 @@ fn training_section(args: &DemoArgs) -> Result<Vec<(RunSpec, TrainOutcome)>, Box
     );
     let mut out = Vec::new();
     for spec in specs {
+        if !args.runs.contains(spec.key) {
+            continue;
+        }
         let cfg = TrainConfig {
             hidden: args.hidden,
             seq_len: args.seq_len,
@@ -272,6 +317,8 @@ fn training_section(args: &DemoArgs) -> Result<Vec<(RunSpec, TrainOutcome)>, Box
             init: spec.init,
             defences: spec.defences,
             eval_batch: 512,
+            momentum: args.momentum,
+            layout: layout(args),
             monitor: MonitorConfig::default(),
         };
         let o = train(&cfg)?;
@@ -306,12 +353,20 @@ fn training_section(args: &DemoArgs) -> Result<Vec<(RunSpec, TrainOutcome)>, Box
     println!("   Gradient norm per step (log scale 1e-3 … 1e5; × = NaN/inf; blank = stopped):");
     for (s, o) in &out {
         let norms: Vec<f64> = o.records.iter().map(|r| r.grad_norm).collect();
-        println!("   ({}) {}", s.key, log_sparkline(&norms, args.steps, 60, 1e-3, 1e5));
+        println!(
+            "   ({}) {}",
+            s.key,
+            log_sparkline(&norms, args.steps, 60, 1e-3, 1e5)
+        );
     }
     println!("   Training loss per step (log scale 1e-3 … 1e3):");
     for (s, o) in &out {
         let losses: Vec<f64> = o.records.iter().map(|r| r.loss).collect();
-        println!("   ({}) {}", s.key, log_sparkline(&losses, args.steps, 60, 1e-3, 1e3));
+        println!(
+            "   ({}) {}",
+            s.key,
+            log_sparkline(&losses, args.steps, 60, 1e-3, 1e3)
+        );
     }
     println!();
     print_claims(&out);
@@ -324,8 +379,7 @@ fn print_claims(out: &[(RunSpec, TrainOutcome)]) {
         return;
     };
     println!("   Checks of the reference text's claims:");
-    let a_failed = a.nan_step.is_some()
-        || a.eval.is_none_or(|ev| ev.loss > a.initial_eval.loss);
+    let a_failed = a.nan_step.is_some() || a.eval.is_none_or(|ev| ev.loss > a.initial_eval.loss);
     println!(
         "   - (a) without clipping the run {}{}.",
         match a.nan_step {
@@ -334,7 +388,10 @@ fn print_claims(out: &[(RunSpec, TrainOutcome)]) {
             None => "did NOT diverge in this budget".into(),
         },
         match (a.first_alert, a.nan_step) {
-            (Some(f), Some(n)) if f < n => format!("; the monitor fired first, at step {f} ({} steps earlier)", n - f),
+            (Some(f), Some(n)) if f < n => format!(
+                "; the monitor fired first, at step {f} ({} steps earlier)",
+                n - f
+            ),
             (Some(f), _) => format!("; the monitor's first alert was at step {f}"),
             (None, _) => "; the monitor did not fire".into(),
         }
@@ -342,7 +399,11 @@ fn print_claims(out: &[(RunSpec, TrainOutcome)]) {
     let b_trains = b.nan_step.is_none() && b.eval.is_some_and(|ev| ev.loss < b.initial_eval.loss);
     println!(
         "   - (b) with clip_grad_norm_(1.0) the run {} (loss {} → {}).",
-        if b_trains { "stayed finite and the loss fell" } else { "did NOT train" },
+        if b_trains {
+            "stayed finite and the loss fell"
+        } else {
+            "did NOT train"
+        },
         num(b.initial_eval.loss),
         b.eval.map_or("NaN".into(), |e| num(e.loss))
     );
@@ -422,7 +483,9 @@ fn write_outputs(
         let base = f[t_len];
         series.push(Series {
             label: format!("measured, γ = {g}"),
-            points: (0..=t_len).map(|t| ((t_len - t) as f64, f[t] / base)).collect(),
+            points: (0..=t_len)
+                .map(|t| ((t_len - t) as f64, f[t] / base))
+                .collect(),
             dashed: false,
             color: i,
         });
@@ -446,7 +509,12 @@ fn write_outputs(
             .enumerate()
             .map(|(i, (s, o))| Series {
                 label: format!("({}) {}", s.key, s.name),
-                points: o.records.iter().enumerate().map(|(k, r)| (k as f64, f(r))).collect(),
+                points: o
+                    .records
+                    .iter()
+                    .enumerate()
+                    .map(|(k, r)| (k as f64, f(r)))
+                    .collect(),
                 dashed: false,
                 color: i,
             })
@@ -466,7 +534,9 @@ fn write_outputs(
         "loss",
         &run_series(&|r| r.loss),
     )?;
-    let mut csv = String::from("run,name,lr,final_mse,accuracy,nan_step,peak_norm,alerts,first_alert,seconds\n");
+    let mut csv = String::from(
+        "run,name,lr,final_mse,accuracy,nan_step,peak_norm,alerts,first_alert,seconds\n",
+    );
     for (s, o) in outcomes {
         let _ = writeln!(
             csv,

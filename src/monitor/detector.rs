@@ -121,7 +121,8 @@ pub struct MonitorConfig {
     pub growth_factor: f64,
     /// Decay of the moving statistics of the spike score and the loss (default 0.95).
     pub ema_beta: f64,
-    /// Losses seen before the loss-spike rule may fire (default 10).
+    /// Losses seen before the loss-spike rule may fire, and norms seen before the spike score is
+    /// reported (default 10).
     pub warmup: u64,
     /// z-score of the loss above which a spike may fire (default 4).
     pub loss_spike_z: f64,
@@ -244,7 +245,8 @@ pub struct Verdict {
     pub max_buffer_norm: Option<f64>,
     /// `last / (first + 1e-8)` over the growth window, once the window is full.
     pub growth: Option<f64>,
-    /// z-score of `ln ‖g‖` against the moving statistics of the previous steps (0 at first).
+    /// z-score of `ln ‖g‖` against the moving statistics of the previous steps (0 during the
+    /// first `warmup` finite norms).
     pub spike_score: f64,
     /// z-score of the loss against its moving statistics, when a loss was given.
     pub loss_z: Option<f64>,
@@ -339,7 +341,9 @@ impl GradientMonitor {
                 symptoms.insert(Symptom::Explosion);
             }
             let lg = g.max(f64::MIN_POSITIVE).ln();
-            spike_score = self.log_norm_stats.z(lg, 1e-6);
+            if self.log_norm_stats.count() >= cfg.warmup {
+                spike_score = self.log_norm_stats.z(lg, 1e-6);
+            }
             self.log_norm_stats.update(lg);
             self.norms.push(g);
             self.norms_seen += 1;

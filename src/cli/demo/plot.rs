@@ -83,9 +83,9 @@ pub fn log_chart(
         } else {
             chart.draw_series(LineSeries::new(pts, style))?
         };
-        drawn
-            .label(s.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        drawn.label(s.label.clone()).legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+        });
     }
     chart
         .configure_series_labels()

@@ -30,7 +30,11 @@ pub fn log_sparkline(values: &[f64], total_len: usize, width: usize, lo: f64, hi
 /// A number in a short human form: `1.23e5`, `0.0123`, `12.3`, `NaN`.
 pub fn num(x: f64) -> String {
     if !x.is_finite() {
-        return if x.is_nan() { "NaN".into() } else { "inf".into() };
+        return if x.is_nan() {
+            "NaN".into()
+        } else {
+            "inf".into()
+        };
     }
     let a = x.abs();
     if a != 0.0 && !(1e-3..1e4).contains(&a) {
