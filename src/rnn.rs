@@ -673,10 +673,9 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, ToolkitError> {
                 .map(|(g, w)| *g as f64 * *w as f64)
                 .sum();
             let (u, v) = (sn.u(), sn.v());
-            for i in 0..h {
-                for j in 0..h {
-                    let g = &mut grads.w_hh[i * h + j];
-                    *g = ((*g as f64 - inner * u[i] * v[j]) / sigma) as f32;
+            for (row, &ui) in grads.w_hh.chunks_exact_mut(h).zip(u) {
+                for (g, &vj) in row.iter_mut().zip(v) {
+                    *g = ((*g as f64 - inner * ui * vj) / sigma) as f32;
                 }
             }
         }

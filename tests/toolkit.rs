@@ -680,7 +680,7 @@ fn rnn_gradients_match_finite_differences() {
             (|r| &mut r.b_y, &g.b_y),
         ];
         for (get, an) in params {
-            for i in 0..an.len() {
+            for (i, &a) in an.iter().enumerate() {
                 let mut p = rnn.clone();
                 get(&mut p)[i] += eps;
                 let mut m = rnn.clone();
@@ -688,9 +688,8 @@ fn rnn_gradients_match_finite_differences() {
                 let num = (evaluate(&p, &data).unwrap().loss - evaluate(&m, &data).unwrap().loss)
                     / (2.0 * eps as f64);
                 assert!(
-                    (num - an[i] as f64).abs() < 2e-3 + 2e-2 * num.abs(),
-                    "{num} vs {}",
-                    an[i]
+                    (num - a as f64).abs() < 2e-3 + 2e-2 * num.abs(),
+                    "{num} vs {a}"
                 );
             }
         }

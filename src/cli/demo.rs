@@ -28,7 +28,7 @@ use text::{log_sparkline, num};
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
     /// SGD steps of each training run.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 1000)]
     pub steps: usize,
     /// Hidden size of the RNN.
     #[arg(long, default_value_t = 64)]
@@ -127,26 +127,31 @@ fn demo(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     // 3. Eigenvalues.
     eigen_section(args)?;
 
-    // Advisor.
-    let nan_seen = outcomes.iter().any(|(_, o)| o.nan_step.is_some());
-    let facts = RunFacts {
-        recurrent: true,
-        gated: false,
-        layers: 1,
-        seq_len: t_len,
-        nan_seen,
-        spikes_seen: outcomes.iter().any(|(_, o)| {
-            o.records
-                .iter()
-                .any(|r| r.symptoms.contains(Symptom::LossSpike))
-        }),
-        current_max_norm: None,
-    };
-    println!("4. Advisor (the guidelines table applied to this run: RNN, 1 layer, T = {t_len}, NaN seen: {nan_seen})");
-    for r in advise(&facts) {
-        println!("   - {} ({})", r.action, r.situation);
+    // Advisor, fed the facts of the undefended run (a).
+    if let Some((_, a)) = outcomes.iter().find(|(s, _)| s.key == "a") {
+        let nan_seen = a.nan_step.is_some();
+        let spikes_seen = a
+            .records
+            .iter()
+            .any(|r| r.symptoms.contains(Symptom::LossSpike));
+        let facts = RunFacts {
+            recurrent: true,
+            gated: false,
+            layers: 1,
+            seq_len: t_len,
+            nan_seen,
+            spikes_seen,
+            current_max_norm: None,
+        };
+        println!(
+            "4. Advisor: the guidelines table applied to run (a) (vanilla RNN, 1 layer, T = {t_len}, \
+             NaN seen: {nan_seen}, loss spikes seen: {spikes_seen})"
+        );
+        for r in advise(&facts) {
+            println!("   - {} ({})", r.action, r.situation);
+        }
+        println!();
     }
-    println!();
 
     // Figures and CSV.
     write_outputs(args, &flows, &outcomes)?;
@@ -243,7 +248,7 @@ fn training_section(
     let specs = vec![
         RunSpec {
             key: "a",
-            name: "σ=1.5, no clipping",
+            name: "σ=1.5 without clipping",
             init: exploding,
             defences: Defences::default(),
             lr: args.lr,
@@ -291,7 +296,7 @@ fn training_section(
         },
         RunSpec {
             key: "f",
-            name: "σ=1.5, lower LR, no clipping",
+            name: "σ=1.5 lower LR without clipping",
             init: exploding,
             defences: Defences::default(),
             lr: args.low_lr,
@@ -369,55 +374,88 @@ fn training_section(
         );
     }
     println!();
-    print_claims(&out);
+    print_claims(&out, layout(args));
     Ok(out)
 }
 
-fn print_claims(out: &[(RunSpec, TrainOutcome)]) {
+fn print_claims(out: &[(RunSpec, TrainOutcome)], layout: MarkerLayout) {
+    const BASELINE: f64 = 1.0 / 6.0;
     let get = |k: &str| out.iter().find(|(s, _)| s.key == k).map(|(_, o)| o);
-    let (Some(a), Some(b), Some(e)) = (get("a"), get("b"), get("e")) else {
-        return;
-    };
-    println!("   Checks of the reference text's claims:");
-    let a_failed = a.nan_step.is_some() || a.eval.is_none_or(|ev| ev.loss > a.initial_eval.loss);
-    println!(
-        "   - (a) without clipping the run {}{}.",
-        match a.nan_step {
-            Some(s) => format!("hit NaN/inf at step {s}"),
-            None if a_failed => "diverged (final loss above the initial loss)".into(),
-            None => "did NOT diverge in this budget".into(),
-        },
-        match (a.first_alert, a.nan_step) {
-            (Some(f), Some(n)) if f < n => format!(
-                "; the monitor fired first, at step {f} ({} steps earlier)",
-                n - f
-            ),
-            (Some(f), _) => format!("; the monitor's first alert was at step {f}"),
-            (None, _) => "; the monitor did not fire".into(),
-        }
-    );
-    let b_trains = b.nan_step.is_none() && b.eval.is_some_and(|ev| ev.loss < b.initial_eval.loss);
-    println!(
-        "   - (b) with clip_grad_norm_(1.0) the run {} (loss {} → {}).",
-        if b_trains {
-            "stayed finite and the loss fell"
-        } else {
-            "did NOT train"
-        },
-        num(b.initial_eval.loss),
-        b.eval.map_or("NaN".into(), |e| num(e.loss))
-    );
-    if let (Some(be), Some(ee)) = (b.eval, e.eval) {
+    println!("   Checks of the reference text's claims, as measured:");
+    if let Some(a) = get("a") {
+        let diverged =
+            a.nan_step.is_some() || a.eval.map_or(true, |e| e.loss > a.initial_eval.loss);
         println!(
-            "   - (e) truncated BPTT (k = {TBPTT_K}) stayed finite; its accuracy {:.1}% vs {:.1}% for full BPTT (b): {}.",
-            100.0 * ee.accuracy,
-            100.0 * be.accuracy,
-            if ee.accuracy < be.accuracy {
-                "the markers lie more than k steps back, and it learns less"
-            } else {
-                "in this run it did NOT learn less than full BPTT"
+            "   - (a) σ=1.5 without clipping {}{}.",
+            match a.nan_step {
+                Some(s) => format!("hit NaN/inf at step {s}"),
+                None if diverged => "diverged (final loss above the initial loss)".into(),
+                None => "did NOT diverge in this budget".into(),
+            },
+            match (a.first_alert, a.nan_step) {
+                (Some(f), Some(n)) if f < n => format!(
+                    "; the monitor fired first, at step {f}, {} steps before",
+                    n - f
+                ),
+                (Some(f), _) => format!("; the monitor's first alert was at step {f}"),
+                (None, _) => "; the monitor did not fire".into(),
             }
         );
+    }
+    for key in ["b", "c", "d", "e", "f"] {
+        let (Some(o), Some((spec, _))) = (get(key), out.iter().find(|(s, _)| s.key == key)) else {
+            continue;
+        };
+        let status = match (o.nan_step, o.eval) {
+            (Some(s), _) => format!("hit NaN/inf at step {s}"),
+            (None, None) => "ended with non-finite weights".into(),
+            (None, Some(e)) if e.loss < o.initial_eval.loss => format!(
+                "stayed finite; held-out loss fell {} → {}",
+                num(o.initial_eval.loss),
+                num(e.loss)
+            ),
+            (None, Some(e)) => format!(
+                "stayed finite but the loss did NOT fall ({} → {})",
+                num(o.initial_eval.loss),
+                num(e.loss)
+            ),
+        };
+        println!("   - ({key}) {}: {status}.", spec.name);
+    }
+    let best = out
+        .iter()
+        .filter_map(|(s, o)| o.eval.map(|e| (s.key, e.loss)))
+        .fold(None, |acc: Option<(&str, f64)>, (k, l)| match acc {
+            Some((_, bl)) if bl <= l => acc,
+            _ => Some((k, l)),
+        });
+    if let Some((k, l)) = best {
+        if l > 0.5 * BASELINE {
+            println!(
+                "   - Learning the long dependency: NOT achieved in this budget by any run (best held-out MSE \
+                 {} in ({k}) vs {:.3} for always predicting 1). A vanilla tanh RNN trained by SGD needs far more \
+                 updates for the adding problem at T = 50; the runs here show stability, not mastery of the task, \
+                 so they cannot show that (e) learns less than full BPTT. {}",
+                num(l),
+                BASELINE,
+                match layout {
+                    MarkerLayout::Early => format!(
+                        "By construction (e) receives no gradient from the markers, which lie more than \
+                         k = {TBPTT_K} steps before the output."
+                    ),
+                    MarkerLayout::Halves => format!(
+                        "(e) receives gradient only from second markers within k = {TBPTT_K} steps of the \
+                         output, never from the first."
+                    ),
+                }
+            );
+        } else {
+            println!(
+                "   - Learning the long dependency: run ({k}) reached held-out MSE {} (predicting 1: {:.3}).",
+                num(l),
+                BASELINE
+            );
+        }
     }
     println!();
 }
@@ -542,7 +580,7 @@ fn write_outputs(
             csv,
             "{},{},{},{},{},{},{},{},{},{:.3}",
             s.key,
-            s.name,
+            s.name.replace(',', ";"),
             s.lr,
             o.eval.map_or(f64::NAN, |e| e.loss),
             o.eval.map_or(f64::NAN, |e| e.accuracy),
