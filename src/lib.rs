@@ -69,4 +69,5 @@ pub mod rng;
 pub mod stabilize;
 mod toolkit_error;
 pub use toolkit_error::ToolkitError;
+#[cfg(feature = "linalg")]
 pub mod rnn;

@@ -24,7 +24,8 @@
 //! MSE 1/6 ≈ 0.167; a prediction counts as correct when `|y − target| < 0.04`.
 //!
 //! Batches are split into fixed chunks computed in parallel (rayon) and merged in chunk order,
-//! so results are identical for any thread count.
+//! so results are identical for any thread count. (Feature `linalg`: the initialisation is
+//! orthogonal.)
 
 use std::time::Instant;
 
@@ -146,7 +147,6 @@ pub enum RecurrentInit {
 
 impl Rnn {
     /// A network of hidden size `hidden` with `W_hh` from `init`, drawn from `rng`.
-    #[cfg(feature = "linalg")]
     pub fn new(hidden: usize, init: RecurrentInit, rng: &mut Rng) -> Result<Self, ToolkitError> {
         use crate::stabilize::{orthogonal_, xavier_uniform_};
         if hidden == 0 {
@@ -606,7 +606,6 @@ fn sgd_step(rnn: &mut Rnn, w_hh: &mut [f32], g: &RnnGrads, vel: &mut RnnGrads, l
 }
 
 /// Trains an RNN with SGD under `cfg` and records every step; see the module docs.
-#[cfg(feature = "linalg")]
 pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, ToolkitError> {
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
         return Err(ToolkitError::param("lr", cfg.lr, "finite and > 0"));

@@ -1,5 +1,7 @@
 //! Tests of the exploding-gradients toolkit: monitor, adaptive clipping, AGC, spectral norm,
-//! initialisers, spectral radius, advisor, RNN gradients, RNG.
+//! initialisers, spectral radius, advisor, RNN gradients, RNG. (Needs the default feature
+//! `linalg`: exact SVDs and QR come from nalgebra.)
+#![cfg(feature = "linalg")]
 
 use gradclip::advisor::{advise, Action, RunFacts};
 use gradclip::monitor::{
