@@ -22,6 +22,7 @@ use gradclip::stabilize::{spectral_radius_exact, spectral_radius_power, Spectral
 use gradclip::ToolkitError;
 
 use plot::{log_chart, Series};
+use plotters::prelude::SeriesLabelPosition;
 use text::{log_sparkline, num};
 
 /// Arguments of `gradclip demo`.
@@ -355,27 +356,41 @@ fn training_section(
             o.seconds
         );
     }
-    println!("   Gradient norm per step (log scale 1e-3 … 1e5; × = NaN/inf; blank = stopped):");
-    for (s, o) in &out {
-        let norms: Vec<f64> = o.records.iter().map(|r| r.grad_norm).collect();
+    let sparks = |title: &str, f: &dyn Fn(&gradclip::rnn::StepRecord) -> f64| {
+        // Scale on the runs that stayed finite; a blown-up run saturates at █.
+        let finite_runs = out.iter().filter(|(_, o)| o.nan_step.is_none());
+        let (lo, hi) = log_range(finite_runs.flat_map(|(_, o)| o.records.iter().map(f)));
         println!(
-            "   ({}) {}",
-            s.key,
-            log_sparkline(&norms, args.steps, 60, 1e-3, 1e5)
+            "   {title} per step (log scale {} … {}, █ = at or above; × = NaN/inf; blank = stopped):",
+            num(lo),
+            num(hi)
         );
-    }
-    println!("   Training loss per step (log scale 1e-3 … 1e3):");
-    for (s, o) in &out {
-        let losses: Vec<f64> = o.records.iter().map(|r| r.loss).collect();
-        println!(
-            "   ({}) {}",
-            s.key,
-            log_sparkline(&losses, args.steps, 60, 1e-3, 1e3)
-        );
-    }
+        for (s, o) in &out {
+            let v: Vec<f64> = o.records.iter().map(f).collect();
+            println!(
+                "   ({}) {}",
+                s.key,
+                log_sparkline(&v, args.steps, 60, lo, hi)
+            );
+        }
+    };
+    sparks("Gradient norm", &|r| r.grad_norm);
+    sparks("Training loss", &|r| r.loss);
     println!();
     print_claims(&out, layout(args));
     Ok(out)
+}
+
+/// The smallest and largest finite positive values (a log-scale range), defaulting to 1e-3 … 1.
+fn log_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(v), h.max(v)));
+    if lo > hi {
+        (1e-3, 1.0)
+    } else {
+        (lo, hi.max(lo * 10.0))
+    }
 }
 
 fn print_claims(out: &[(RunSpec, TrainOutcome)], layout: MarkerLayout) {
@@ -540,6 +555,7 @@ fn write_outputs(
         "T − t",
         "relative gradient norm",
         &series,
+        SeriesLabelPosition::UpperLeft,
     )?;
     let run_series = |f: &dyn Fn(&gradclip::rnn::StepRecord) -> f64| -> Vec<Series> {
         outcomes
@@ -564,6 +580,7 @@ fn write_outputs(
         "step",
         "‖g‖₂",
         &run_series(&|r| r.grad_norm),
+        SeriesLabelPosition::UpperRight,
     )?;
     log_chart(
         &args.out.join("loss.svg"),
@@ -571,6 +588,7 @@ fn write_outputs(
         "step",
         "loss",
         &run_series(&|r| r.loss),
+        SeriesLabelPosition::UpperRight,
     )?;
     let mut csv = String::from(
         "run,name,lr,final_mse,accuracy,nan_step,peak_norm,alerts,first_alert,seconds\n",

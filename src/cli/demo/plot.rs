@@ -49,6 +49,7 @@ pub fn log_chart(
     x_label: &str,
     y_label: &str,
     series: &[Series],
+    legend: SeriesLabelPosition,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (960, 560)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -61,6 +62,7 @@ pub fn log_chart(
         .build_cartesian_2d(x0..x1, (y0..y1).log_scale())?;
     chart
         .configure_mesh()
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .x_desc(x_label)
         .y_desc(y_label)
         .y_label_formatter(&|v| format!("{v:.0e}"))
@@ -91,7 +93,7 @@ pub fn log_chart(
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .draw()?;
     root.present()?;
     Ok(())
