@@ -17,11 +17,16 @@
 //! The Jacobian `∂h_{t+1}/∂h_t = diag(1 − h_{t+1}²) W_hh` has norm at most `‖W_hh‖₂ = γ`, hence
 //! `‖∂L/∂h_t‖ ≤ ‖∂L/∂h_T‖ γ^{T−t}`; [`gradient_flow`] measures the left side.
 //!
-//! Adding problem (Hochreiter & Schmidhuber's variant): `x_t = (v_t, m_t)` with `v_t ~ U(0, 1)`
-//! and two markers `m_t = 1`, the first at a uniform position in `[0, 10)`, the second in
-//! `[10, T/2)`; the target is the sum of the two marked values. Both markers are at least T/2
-//! steps before the output, so a horizon k < T/2 cannot see them. Predicting the mean (1) gives
-//! MSE 1/6 ≈ 0.167; a prediction counts as correct when `|y − target| < 0.04`.
+//! Adding problem: `x_t = (v_t, m_t)` with `v_t ~ U(0, 1)` and two markers `m_t = 1`; the target
+//! is the sum of the two marked values. [`MarkerLayout::Early`] (Hochreiter & Schmidhuber's
+//! variant) puts the first marker in `[0, 10)` and the second in `[10, T/2)`, so both are at
+//! least T/2 steps before the output and a horizon k < T/2 cannot see them;
+//! [`MarkerLayout::Halves`] puts one in each half. Predicting the mean (1) gives MSE 1/6 ≈ 0.167;
+//! a prediction counts as correct when `|y − target| < 0.04`.
+//!
+//! The learning signal that reaches the markers is measured as `‖∂L/∂x_t‖` at the marker steps
+//! (`∂L/∂x_t = W_xhᵀ δ_t`), stacked over the batch ([`BatchStats::marker_grad`]): it is exactly 0
+//! when truncation stops the backward pass before the markers.
 //!
 //! Batches are split into fixed chunks computed in parallel (rayon) and merged in chunk order,
 //! so results are identical for any thread count. (Feature `linalg`: the initialisation is
@@ -265,6 +270,8 @@ pub struct BatchStats {
     pub loss: f64,
     /// Fraction of answers within [`ADDING_TOLERANCE`].
     pub accuracy: f64,
+    /// `‖∂L/∂x_t‖` over the marker steps of the batch (stacked); `None` for a forward-only pass.
+    pub marker_grad: Option<f64>,
 }
 
 struct Workspace {
@@ -322,6 +329,7 @@ fn backward_sample(
     dy: f32,
     horizon: usize,
     g: &mut RnnGrads,
+    marker_sq: &mut f64,
     mut flow: Option<&mut [f64]>,
 ) {
     let h = rnn.hidden;
@@ -348,6 +356,15 @@ fn backward_sample(
             *dz = d * (1.0 - hn * hn);
         }
         let (x0, x1) = (x[t * INPUT], x[t * INPUT + 1]);
+        if x1 != 0.0 {
+            // ∂L/∂x_t = W_xhᵀ δ_t at a marker step.
+            let (mut d0, mut d1) = (0.0f64, 0.0f64);
+            for (i, &dzi) in ws.dz.iter().enumerate() {
+                d0 += (rnn.w_xh[i * INPUT] * dzi) as f64;
+                d1 += (rnn.w_xh[i * INPUT + 1] * dzi) as f64;
+            }
+            *marker_sq += d0 * d0 + d1 * d1;
+        }
         for (i, &dzi) in ws.dz.iter().enumerate() {
             g.b_h[i] += dzi;
             g.w_xh[i * INPUT] += dzi * x0;
@@ -426,6 +443,7 @@ pub fn evaluate(rnn: &Rnn, data: &AddingBatch) -> Result<BatchStats, ToolkitErro
     Ok(BatchStats {
         loss: loss / n,
         accuracy: correct as f64 / n,
+        marker_grad: None,
     })
 }
 
@@ -444,7 +462,7 @@ pub fn loss_and_grad(
     let horizon = horizon.unwrap_or(data.seq_len);
     let per_seq = data.seq_len * INPUT;
     let scale = 2.0 / data.batch.max(1) as f32;
-    let parts: Vec<(f64, usize, RnnGrads)> = (0..data.batch)
+    let parts: Vec<(f64, usize, f64, RnnGrads)> = (0..data.batch)
         .collect::<Vec<_>>()
         .par_chunks(CHUNK)
         .map(|idx| {
@@ -452,6 +470,7 @@ pub fn loss_and_grad(
             let mut g = RnnGrads::zeros(rnn.hidden);
             let mut loss = 0.0;
             let mut correct = 0;
+            let mut marker_sq = 0.0;
             for &b in idx {
                 let x = &data.inputs[b * per_seq..(b + 1) * per_seq];
                 let y = forward_sample(rnn, &mut ws, x, data.seq_len);
@@ -466,24 +485,28 @@ pub fn loss_and_grad(
                     scale * e,
                     horizon,
                     &mut g,
+                    &mut marker_sq,
                     None,
                 );
             }
-            (loss, correct, g)
+            (loss, correct, marker_sq, g)
         })
         .collect();
     grads.fill_zero();
     let mut loss = 0.0;
     let mut correct = 0;
-    for (l, c, g) in &parts {
+    let mut marker_sq = 0.0;
+    for (l, c, m, g) in &parts {
         loss += l;
         correct += c;
+        marker_sq += m;
         grads.add(g);
     }
     let n = data.batch.max(1) as f64;
     Ok(BatchStats {
         loss: loss / n,
         accuracy: correct as f64 / n,
+        marker_grad: Some(marker_sq.sqrt()),
     })
 }
 
@@ -507,6 +530,7 @@ pub fn gradient_flow(rnn: &Rnn, data: &AddingBatch) -> Result<Vec<f64>, ToolkitE
             scale * e,
             data.seq_len,
             &mut g,
+            &mut 0.0,
             Some(&mut flow_sq),
         );
     }
@@ -566,6 +590,8 @@ pub struct StepRecord {
     pub symptoms: Symptoms,
     /// σ₁(W_hh) estimate (the effective matrix for spectral normalization), if measured.
     pub sigma_hh: f64,
+    /// `‖∂L/∂x_t‖` at the marker steps ([`BatchStats::marker_grad`]), before clipping.
+    pub marker_grad: f64,
 }
 
 /// The result of a training run.
@@ -715,6 +741,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, ToolkitError> {
                 clipped,
                 symptoms: verdict.symptoms,
                 sigma_hh,
+                marker_grad: stats.marker_grad.unwrap_or(f64::NAN),
             });
             nan_step = Some(step);
             break;
@@ -729,6 +756,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, ToolkitError> {
             clipped,
             symptoms: verdict.symptoms,
             sigma_hh,
+            marker_grad: stats.marker_grad.unwrap_or(f64::NAN),
         });
         if let Some(sn) = sn.as_mut() {
             sgd_step(&mut rnn, &mut raw, &grads, &mut velocity, lr, mu);
