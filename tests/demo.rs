@@ -122,6 +122,14 @@ fn training_is_reproducible_and_clipping_bounds_the_update() {
     assert!(x.records.iter().any(|r| r.clipped));
     let e = x.eval.unwrap();
     assert!(e.loss < x.initial_eval.loss);
+    // Truncated BPTT: no gradient reaches the markers (all ≥ 15 steps back, k = 10).
+    let tbptt = Defences {
+        bptt_horizon: Some(10),
+        ..clip
+    };
+    let t = train(&config(tbptt, 10)).unwrap();
+    assert!(t.records.iter().all(|r| r.marker_grad == 0.0));
+    assert!(x.records.iter().all(|r| r.marker_grad > 0.0));
     let bad = TrainConfig {
         lr: -1.0,
         ..config(clip, 1)
