@@ -709,6 +709,29 @@ fn rnn_gradients_match_finite_differences() {
 }
 
 #[test]
+fn tanh_f32_is_accurate() {
+    use gradclip::rnn::tanh_f32;
+    let mut worst_rel = 0.0f64;
+    let mut x = -12.0f64;
+    while x <= 12.0 {
+        for xi in [x, x * 1e-3, x * 1e-6] {
+            let xf = xi as f32;
+            let exact = (xf as f64).tanh();
+            let got = tanh_f32(xf) as f64;
+            let rel = (got - exact).abs() / exact.abs().max(1e-30);
+            worst_rel = worst_rel.max(rel);
+        }
+        x += 0.001;
+    }
+    assert!(worst_rel < 5e-7, "{worst_rel}");
+    assert_eq!(tanh_f32(0.0), 0.0);
+    assert_eq!(tanh_f32(f32::INFINITY), 1.0);
+    assert_eq!(tanh_f32(f32::NEG_INFINITY), -1.0);
+    assert!(tanh_f32(f32::NAN).is_nan());
+    assert_eq!(tanh_f32(20.0), 1.0);
+}
+
+#[test]
 fn rng_is_reproducible_and_normal() {
     let mut a = Rng::new(42);
     let mut b = Rng::new(42);
