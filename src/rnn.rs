@@ -292,7 +292,7 @@ struct Workspace {
 pub fn tanh_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 = LN2_HI + LN2_LO with LN2_HI = 355/512 (9 bits), so k · LN2_HI is exact here.
-    const LN2_HI: f32 = 0.693_359_375;
+    const LN2_HI: f32 = 355.0 / 512.0;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let a = x.abs().min(9.0);
     let y = 2.0 * a;
