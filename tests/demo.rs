@@ -136,3 +136,23 @@ fn training_is_reproducible_and_clipping_bounds_the_update() {
     };
     assert!(train(&bad).is_err());
 }
+
+#[test]
+fn training_does_not_depend_on_the_thread_count() {
+    let spec = Defences {
+        clip_max_norm: Some(1.0),
+        spectral_norm: true,
+        ..Defences::default()
+    };
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| train(&config(spec, 15)).unwrap())
+    };
+    let one = run(1);
+    let three = run(3);
+    assert_eq!(one.records, three.records);
+    assert_eq!(one.final_model, three.final_model);
+}
