@@ -645,39 +645,54 @@ fn write_outputs(
         "relative gradient norm",
         &series,
         SeriesLabelPosition::UpperLeft,
+        None,
     )?;
-    let run_series = |f: &dyn Fn(&gradclip::rnn::StepRecord) -> f64| -> Vec<Series> {
-        outcomes
-            .iter()
-            .enumerate()
-            .map(|(i, (s, o))| Series {
-                label: format!("({}) {}", s.key, s.name),
-                points: o
-                    .records
-                    .iter()
-                    .enumerate()
-                    .map(|(k, r)| (k as f64, f(r)))
-                    .collect(),
-                dashed: false,
-                color: i,
-            })
-            .collect()
+    // Per-step series, smoothed by a trailing moving average (non-finite values stay non-finite).
+    let run_series =
+        |f: &dyn Fn(&gradclip::rnn::StepRecord) -> f64, window: usize| -> Vec<Series> {
+            outcomes
+                .iter()
+                .enumerate()
+                .map(|(i, (s, o))| {
+                    let raw: Vec<f64> = o.records.iter().map(f).collect();
+                    let points = (0..raw.len())
+                        .map(|k| {
+                            let w = &raw[k + 1 - window.min(k + 1)..=k];
+                            (k as f64, w.iter().sum::<f64>() / w.len() as f64)
+                        })
+                        .collect();
+                    Series {
+                        label: format!("({}) {}", s.key, s.name),
+                        points,
+                        dashed: false,
+                        color: i,
+                    }
+                })
+                .collect()
+        };
+    // Cap the y axis at 100× the largest value of the runs that stayed finite.
+    let cap = |f: &dyn Fn(&gradclip::rnn::StepRecord) -> f64| {
+        let finite = outcomes.iter().filter(|(_, o)| o.nan_step.is_none());
+        let (_, hi) = log_range(finite.flat_map(|(_, o)| o.records.iter().map(f)));
+        Some(hi * 100.0)
     };
     log_chart(
         &args.out.join("norms.svg"),
-        "Total gradient norm per step (before clipping)",
+        "Total gradient norm per step (before clipping; a diverging run is drawn at the top)",
         "step",
         "‖g‖₂",
-        &run_series(&|r| r.grad_norm),
+        &run_series(&|r| r.grad_norm, 1),
         SeriesLabelPosition::UpperRight,
+        cap(&|r| r.grad_norm),
     )?;
     log_chart(
         &args.out.join("loss.svg"),
-        "Training loss (MSE) per step",
+        "Training loss (MSE), moving average over 50 steps",
         "step",
         "loss",
-        &run_series(&|r| r.loss),
+        &run_series(&|r| r.loss, 50),
         SeriesLabelPosition::UpperRight,
+        cap(&|r| r.loss),
     )?;
     let mut csv = String::from(
         "run,name,lr,final_mse,accuracy,nan_step,peak_norm,alerts,first_alert,seconds\n",

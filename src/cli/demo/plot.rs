@@ -42,7 +42,8 @@ fn bounds(series: &[Series]) -> (f64, f64, f64, f64) {
     (x.0, x.1.max(x.0 + 1.0), y.0 / 2.0, y.1 * 2.0)
 }
 
-/// Writes a line chart with a log-scale y axis to `path`.
+/// Writes a line chart with a log-scale y axis to `path`. Values above `y_cap` (if given) are
+/// drawn at the cap, so that one diverging run does not flatten the others.
 pub fn log_chart(
     path: &Path,
     title: &str,
@@ -50,7 +51,22 @@ pub fn log_chart(
     y_label: &str,
     series: &[Series],
     legend: SeriesLabelPosition,
+    y_cap: Option<f64>,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let capped: Vec<Series> = series
+        .iter()
+        .map(|s| Series {
+            label: s.label.clone(),
+            points: s
+                .points
+                .iter()
+                .map(|&(x, y)| (x, y_cap.map_or(y, |c| if y > c { c } else { y })))
+                .collect(),
+            dashed: s.dashed,
+            color: s.color,
+        })
+        .collect();
+    let series = &capped[..];
     let root = SVGBackend::new(path, (960, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let (x0, x1, y0, y1) = bounds(series);
@@ -75,7 +91,8 @@ pub fn log_chart(
             .copied()
             .filter(|(_, y)| y.is_finite() && *y > 0.0)
             .collect();
-        let style = if s.dashed {
+        // Thin lines for long, noisy series.
+        let style = if s.dashed || pts.len() > 500 {
             color.stroke_width(1)
         } else {
             color.stroke_width(2)
