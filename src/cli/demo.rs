@@ -209,13 +209,23 @@ fn gradient_flow_section(args: &DemoArgs) -> Result<Vec<(f64, Vec<f64>)>, Toolki
         }
         println!("{line}");
     }
+    let (flo, fhi) = log_range(
+        flows
+            .iter()
+            .flat_map(|(_, f)| f.iter().map(|v| v / f[t_len])),
+    );
+    println!(
+        "   Sparklines from T−t = 0 (left) to {t_len} (right), log scale {} … {}:",
+        num(flo),
+        num(fhi)
+    );
     for (g, f) in &flows {
         let ratio = f[0] / f[t_len];
         let rate = ratio.powf(1.0 / t_len as f64);
-        let spark: Vec<f64> = f.iter().rev().cloned().collect();
+        let spark: Vec<f64> = f.iter().rev().map(|v| v / f[t_len]).collect();
         println!(
             "   γ={g:<4} {}  per-step factor {:.3} (bound {g}); over {t_len} steps ×{} vs bound ×{}",
-            log_sparkline(&spark, spark.len(), 40, 1e-8, 1e8),
+            log_sparkline(&spark, spark.len(), 40, flo, fhi),
             rate,
             num(ratio),
             num(g.powi(t_len as i32))
