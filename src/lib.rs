@@ -62,3 +62,12 @@ pub use partial::NormPartial;
 
 /// Elements per chunk of the reduction tree (the unit of parallel work and of determinism).
 pub const CHUNK_ELEMS: usize = parallel::CHUNK;
+
+pub mod advisor;
+pub mod monitor;
+pub mod rng;
+pub mod stabilize;
+mod toolkit_error;
+pub use toolkit_error::ToolkitError;
+#[cfg(feature = "linalg")]
+pub mod rnn;

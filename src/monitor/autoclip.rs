@@ -1,0 +1,151 @@
+//! [`AutoClip`]: clip to a percentile of the history of gradient norms (Seetharaman et al., 2020).
+//!
+//! At step n the norm `‖g_n‖` is appended to the history `h_1..h_n`, and the clipping threshold is
+//! the p-th percentile of the history with linear interpolation (NumPy's default):
+//!
+//! ```text
+//! r = (p / 100) · (n − 1),   k = ⌊r⌋,   threshold = s_k + (r − k) · (s_{k+1} − s_k)
+//! ```
+//!
+//! where `s_0 ≤ s_1 ≤ … ≤ s_{n−1}` is the sorted history. The published default is p = 10.
+//!
+//! Exactness in O(log n) per step: `r` grows by `p/100 ≤ 1` per step, so the ranks `k` and `k + 1`
+//! move by at most one. Two heaps hold the history split at rank k: a max-heap `low` with the
+//! `k + 1` smallest values and a min-heap `high` with the rest; `s_k` is the top of `low` and
+//! `s_{k+1}` the top of `high`. Each step pushes one value and moves at most two between heaps.
+//! Memory is O(n), as the method keeps the whole history (NaN and ±inf norms are not recorded).
+//!
+//! ```
+//! use gradclip::monitor::AutoClip;
+//! let mut ac = AutoClip::new(50.0).unwrap();
+//! for x in [4.0, 1.0, 3.0, 2.0] {
+//!     ac.observe(x);
+//! }
+//! assert_eq!(ac.threshold(), Some(2.5)); // median of 1, 2, 3, 4
+//! ```
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use crate::toolkit_error::ToolkitError;
+use crate::{clip_grads_with_norm_, get_total_norm, ClipReport, GradMut, NormType};
+
+/// A finite f64 ordered by `total_cmp`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Key(f64);
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Percentile clipping over the whole norm history; see the module docs.
+#[derive(Debug, Clone)]
+pub struct AutoClip {
+    percentile: f64,
+    low: BinaryHeap<Key>,
+    high: BinaryHeap<Reverse<Key>>,
+}
+
+impl AutoClip {
+    /// The published default percentile.
+    pub const DEFAULT_PERCENTILE: f64 = 10.0;
+
+    /// A policy clipping to the `percentile`-th percentile (0 ≤ p ≤ 100) of the history.
+    pub fn new(percentile: f64) -> Result<Self, ToolkitError> {
+        if !(0.0..=100.0).contains(&percentile) {
+            return Err(ToolkitError::param("percentile", percentile, "in [0, 100]"));
+        }
+        Ok(AutoClip {
+            percentile,
+            low: BinaryHeap::new(),
+            high: BinaryHeap::new(),
+        })
+    }
+
+    /// The percentile in use.
+    pub fn percentile(&self) -> f64 {
+        self.percentile
+    }
+
+    /// Number of norms recorded.
+    pub fn len(&self) -> usize {
+        self.low.len() + self.high.len()
+    }
+
+    /// True before the first recorded norm.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn rank(&self, n: usize) -> (usize, f64) {
+        let r = self.percentile / 100.0 * (n - 1) as f64;
+        let k = (r.floor() as usize).min(n - 1);
+        (k, r - k as f64)
+    }
+
+    /// Records `norm` (ignored when NaN, infinite or negative) and returns the new threshold.
+    pub fn observe(&mut self, norm: f64) -> Option<f64> {
+        if norm.is_finite() && norm >= 0.0 {
+            let key = Key(norm);
+            match self.low.peek() {
+                Some(top) if key > *top => self.high.push(Reverse(key)),
+                _ => self.low.push(key),
+            }
+            let (k, _) = self.rank(self.len());
+            // Rebalance so that `low` holds exactly k + 1 values.
+            while self.low.len() > k + 1 {
+                if let Some(x) = self.low.pop() {
+                    self.high.push(Reverse(x));
+                }
+            }
+            while self.low.len() < k + 1 {
+                match self.high.pop() {
+                    Some(Reverse(x)) => self.low.push(x),
+                    None => break,
+                }
+            }
+        }
+        self.threshold()
+    }
+
+    /// The current threshold (`None` before any norm was recorded).
+    pub fn threshold(&self) -> Option<f64> {
+        let n = self.len();
+        if n == 0 {
+            return None;
+        }
+        let (_, frac) = self.rank(n);
+        let lo = self.low.peek()?.0;
+        match self.high.peek() {
+            Some(Reverse(hi)) if frac > 0.0 => Some(lo + frac * (hi.0 - lo)),
+            _ => Some(lo),
+        }
+    }
+
+    /// One training step: computes the L2 total norm of `grads` with the crate's kernels, records
+    /// it, and clips to the new threshold with [`clip_grads_with_norm_`]. A zero threshold (all
+    /// norms so far zero) leaves the gradients untouched. Non-finite gradients return
+    /// [`crate::Error::NonFinite`] and change nothing.
+    pub fn clip_(&mut self, grads: &mut [GradMut<'_>]) -> Result<ClipReport, ToolkitError> {
+        let total = get_total_norm(grads, NormType::L2)?;
+        match self.observe(total) {
+            Some(t) if t > 0.0 => Ok(clip_grads_with_norm_(grads, t, total)?),
+            _ => Ok(ClipReport {
+                total_norm: total,
+                clip_coef: 1.0,
+                clipped: false,
+                nonfinite: None,
+            }),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! [`ZClip`]: z-score spike clipping over exponential moving statistics of the gradient norm
+//! (Kumar et al., 2025, "ZClip: Adaptive Spike Mitigation for LLM Pre-Training").
+//!
+//! Warm-up: the first `warmup_steps` norms are collected (and only clipped to `max_norm` if one is
+//! set); then `μ` and `v` start as their mean and population variance. After warm-up, each step:
+//!
+//! ```text
+//! σ = √v,   z = (‖g‖ − μ) / (σ + eps)
+//! if z > z_thresh:
+//!     adaptive scaling:  c = (μ + z_thresh · σ / (z / z_thresh)) · clip_factor   (= μ + z_thresh²σ/z)
+//!     mean:              c = μ
+//! else c = none
+//! effective = min(c or ‖g‖, max_norm if set);  clip the gradients to `effective`
+//! x = c if a spike was clipped, else ‖g‖
+//! μ ← α μ + (1 − α) x,   v ← α v + (1 − α) (x − μ)²      (v uses the updated μ)
+//! ```
+//!
+//! Published defaults: α = 0.97, z_thresh = 2.5, warm-up 25 steps, eps = 1e-6, adaptive scaling,
+//! clip_factor 1. The authors' implementation also caps at `max_grad_norm = 1.0`; here the cap is
+//! opt-in (`max_norm: None` by default) so that ZClip alone is what is measured.
+//!
+//! ```
+//! use gradclip::monitor::{ZClip, ZClipConfig};
+//! let mut z = ZClip::new(ZClipConfig { warmup_steps: 3, ..ZClipConfig::default() }).unwrap();
+//! for x in [1.0, 1.1, 0.9] {
+//!     assert_eq!(z.observe(x).threshold, None); // warm-up
+//! }
+//! assert!(z.observe(50.0).threshold.unwrap() < 50.0); // a spike is clipped
+//! ```
+
+use crate::toolkit_error::ToolkitError;
+use crate::{clip_grads_with_norm_, get_total_norm, ClipReport, GradMut, NormType};
+
+/// What ZClip clips a detected spike to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ZClipMode {
+    /// `μ + z_thresh² σ / z` (stronger outliers are clipped harder).
+    #[default]
+    AdaptiveScaling,
+    /// The EMA mean `μ`.
+    Mean,
+}
+
+/// Parameters of [`ZClip`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ZClipConfig {
+    /// EMA smoothing α (default 0.97).
+    pub alpha: f64,
+    /// z-score above which a norm is a spike (default 2.5).
+    pub z_thresh: f64,
+    /// Norms collected before the statistics start (default 25, at least 1).
+    pub warmup_steps: usize,
+    /// Added to σ in the z-score (default 1e-6).
+    pub eps: f64,
+    /// How spikes are clipped (default adaptive scaling).
+    pub mode: ZClipMode,
+    /// Multiplier of the adaptive threshold (default 1).
+    pub clip_factor: f64,
+    /// An absolute cap applied on top (default none).
+    pub max_norm: Option<f64>,
+}
+
+impl Default for ZClipConfig {
+    fn default() -> Self {
+        ZClipConfig {
+            alpha: 0.97,
+            z_thresh: 2.5,
+            warmup_steps: 25,
+            eps: 1e-6,
+            mode: ZClipMode::AdaptiveScaling,
+            clip_factor: 1.0,
+            max_norm: None,
+        }
+    }
+}
+
+/// The decision of one ZClip step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ZClipDecision {
+    /// The norm to clip to (`None`: leave the gradients alone).
+    pub threshold: Option<f64>,
+    /// The z-score of the norm (`None` during warm-up or for a non-finite norm).
+    pub z: Option<f64>,
+    /// True when the norm was a spike (z > z_thresh).
+    pub spike: bool,
+}
+
+/// EMA z-score spike clipping; see the module docs.
+#[derive(Debug, Clone)]
+pub struct ZClip {
+    config: ZClipConfig,
+    warmup: Vec<f64>,
+    mean: f64,
+    var: f64,
+    initialized: bool,
+}
+
+impl ZClip {
+    /// A policy with the given parameters (validated).
+    pub fn new(config: ZClipConfig) -> Result<Self, ToolkitError> {
+        if !(config.alpha > 0.0 && config.alpha < 1.0) {
+            return Err(ToolkitError::param("alpha", config.alpha, "in (0, 1)"));
+        }
+        if !(config.z_thresh.is_finite() && config.z_thresh > 0.0) {
+            return Err(ToolkitError::param(
+                "z_thresh",
+                config.z_thresh,
+                "finite and > 0",
+            ));
+        }
+        if config.warmup_steps == 0 {
+            return Err(ToolkitError::param("warmup_steps", 0.0, "at least 1"));
+        }
+        if !(config.eps.is_finite() && config.eps >= 0.0) {
+            return Err(ToolkitError::param("eps", config.eps, "finite and >= 0"));
+        }
+        if !(config.clip_factor.is_finite() && config.clip_factor > 0.0) {
+            return Err(ToolkitError::param(
+                "clip_factor",
+                config.clip_factor,
+                "finite and > 0",
+            ));
+        }
+        if let Some(m) = config.max_norm {
+            if !(m.is_finite() && m > 0.0) {
+                return Err(ToolkitError::param("max_norm", m, "finite and > 0"));
+            }
+        }
+        Ok(ZClip {
+            config,
+            warmup: Vec::with_capacity(config.warmup_steps),
+            mean: 0.0,
+            var: 0.0,
+            initialized: false,
+        })
+    }
+
+    /// The parameters in use.
+    pub fn config(&self) -> &ZClipConfig {
+        &self.config
+    }
+
+    /// `(μ, σ)` once warm-up is over.
+    pub fn stats(&self) -> Option<(f64, f64)> {
+        self.initialized.then(|| (self.mean, self.var.sqrt()))
+    }
+
+    /// Folds in the norm of this step and returns what to clip to. A non-finite norm is not
+    /// recorded; the returned threshold is then `max_norm` (if set).
+    pub fn observe(&mut self, norm: f64) -> ZClipDecision {
+        let cfg = self.config;
+        if !norm.is_finite() {
+            return ZClipDecision {
+                threshold: cfg.max_norm,
+                z: None,
+                spike: false,
+            };
+        }
+        if !self.initialized {
+            self.warmup.push(norm);
+            if self.warmup.len() >= cfg.warmup_steps {
+                let n = self.warmup.len() as f64;
+                self.mean = self.warmup.iter().sum::<f64>() / n;
+                self.var = self
+                    .warmup
+                    .iter()
+                    .map(|x| (x - self.mean).powi(2))
+                    .sum::<f64>()
+                    / n;
+                self.initialized = true;
+                self.warmup = Vec::new();
+            }
+            return ZClipDecision {
+                threshold: cfg.max_norm.filter(|&m| norm > m),
+                z: None,
+                spike: false,
+            };
+        }
+        let std = self.var.sqrt();
+        let z = (norm - self.mean) / (std + cfg.eps);
+        let spike_clip = (z > cfg.z_thresh).then(|| match cfg.mode {
+            ZClipMode::AdaptiveScaling => {
+                let eta = z / cfg.z_thresh;
+                (self.mean + cfg.z_thresh * std / eta) * cfg.clip_factor
+            }
+            ZClipMode::Mean => self.mean,
+        });
+        let x = spike_clip.unwrap_or(norm);
+        self.mean = cfg.alpha * self.mean + (1.0 - cfg.alpha) * x;
+        let d = x - self.mean;
+        self.var = cfg.alpha * self.var + (1.0 - cfg.alpha) * d * d;
+        let effective = match (spike_clip, cfg.max_norm) {
+            (Some(c), Some(m)) => Some(c.min(m)),
+            (Some(c), None) => Some(c),
+            (None, Some(m)) if norm > m => Some(m),
+            (None, _) => None,
+        };
+        ZClipDecision {
+            threshold: effective,
+            z: Some(z),
+            spike: spike_clip.is_some(),
+        }
+    }
+
+    /// One training step: total L2 norm with the crate's kernels, [`ZClip::observe`], then
+    /// [`clip_grads_with_norm_`] to the threshold when there is one (a threshold ≤ 0 is not
+    /// applied). Non-finite gradients return [`crate::Error::NonFinite`] and change nothing.
+    pub fn clip_(&mut self, grads: &mut [GradMut<'_>]) -> Result<ClipReport, ToolkitError> {
+        let total = get_total_norm(grads, NormType::L2)?;
+        match self.observe(total).threshold {
+            Some(t) if t > 0.0 => Ok(clip_grads_with_norm_(grads, t, total)?),
+            _ => Ok(ClipReport {
+                total_norm: total,
+                clip_coef: 1.0,
+                clipped: false,
+                nonfinite: None,
+            }),
+        }
+    }
+}

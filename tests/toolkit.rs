@@ -1,0 +1,761 @@
+//! Tests of the exploding-gradients toolkit: monitor, adaptive clipping, AGC, spectral norm,
+//! initialisers, spectral radius, advisor, RNN gradients, RNG. (Needs the default feature
+//! `linalg`: exact SVDs and QR come from nalgebra.)
+#![cfg(feature = "linalg")]
+
+use gradclip::advisor::{advise, Action, RunFacts};
+use gradclip::monitor::{
+    agc_, AgcOptions, AutoClip, GradientMonitor, MonitorConfig, Observation, Symptom, ZClip,
+    ZClipConfig, ZClipMode,
+};
+use gradclip::rng::Rng;
+use gradclip::stabilize::{
+    normal_, orthogonal_, set_spectral_norm_, spectral_normalize_, spectral_radius_exact,
+    spectral_radius_power, xavier_uniform_, zeros_, SpectralNorm,
+};
+use gradclip::{GradMut, ToolkitError};
+use nalgebra::DMatrix;
+
+// ---------------------------------------------------------------- monitor
+
+fn monitor() -> GradientMonitor {
+    GradientMonitor::new(MonitorConfig::default()).unwrap()
+}
+
+#[test]
+fn monitor_healthy_sequence_stays_healthy() {
+    let mut m = monitor();
+    let mut rng = Rng::new(1);
+    for _ in 0..500 {
+        let g = 1.0 + 0.2 * rng.uniform();
+        let loss = 0.5 + 0.01 * rng.uniform();
+        let v = m.observe(Observation::norm(g).with_loss(loss).with_param_norm(10.0));
+        assert!(v.is_healthy(), "{v:?}");
+        assert!(v.spike_score.abs() < 10.0);
+    }
+    assert_eq!(m.alerts(), 0);
+    assert_eq!(m.first_alert(), None);
+}
+
+#[test]
+fn monitor_explosion_threshold_is_strict() {
+    let mut m = monitor();
+    assert!(m.observe(Observation::norm(100.0)).is_healthy());
+    let v = m.observe(Observation::norm(100.5));
+    assert!(v.symptoms.contains(Symptom::Explosion));
+    assert_eq!(v.worst(), Some(Symptom::Explosion));
+    assert_eq!(m.first_alert(), Some(1));
+}
+
+#[test]
+fn monitor_growth_rule_matches_reference() {
+    // Reference: once more than 10 norms are seen, last/(norm 10 steps back... first of the
+    // last 10) + 1e-8 > 100 fires. Norms double each step: 2^9 = 512 over a full window.
+    let mut m = monitor();
+    let mut fired_at = None;
+    let mut history: Vec<f64> = Vec::new();
+    for i in 0..15 {
+        let g = 1e-3 * 2f64.powi(i);
+        history.push(g);
+        let v = m.observe(Observation::norm(g));
+        let reference = history.len() > 10 && {
+            let recent = &history[history.len() - 10..];
+            recent[9] / (recent[0] + 1e-8) > 100.0
+        };
+        assert_eq!(
+            v.symptoms.contains(Symptom::RapidGrowth),
+            reference,
+            "step {i}"
+        );
+        if reference && fired_at.is_none() {
+            fired_at = Some(i);
+        }
+    }
+    assert_eq!(fired_at, Some(10));
+}
+
+#[test]
+fn monitor_zero_norms_and_nan() {
+    let mut m = monitor();
+    for _ in 0..20 {
+        let v = m.observe(Observation::norm(0.0));
+        assert!(v.is_healthy());
+        assert!(v.spike_score.is_finite());
+    }
+    // The reference rule divides by (first + 1e-8): after zeros, 1e-5 is a 1000× "growth".
+    let v = m.observe(Observation::norm(1e-5));
+    assert!(v.symptoms.contains(Symptom::RapidGrowth));
+    let v = m.observe(Observation::norm(f64::NAN));
+    assert!(v.symptoms.contains(Symptom::NonFinite));
+    assert_eq!(v.worst(), Some(Symptom::NonFinite));
+    let v = m.observe(Observation::norm(f64::INFINITY));
+    assert!(v.symptoms.contains(Symptom::NonFinite));
+    assert!(!v.symptoms.contains(Symptom::Explosion));
+    let v = m.observe(Observation::norm(1.0).with_loss(f64::NAN));
+    assert!(v.symptoms.contains(Symptom::NonFinite));
+    let v = m.observe(Observation::norm(1.0).with_max_buffer_norm(f64::INFINITY));
+    assert!(v.symptoms.contains(Symptom::NonFinite));
+}
+
+#[test]
+fn monitor_spike_score_flags_jumps() {
+    let mut m = monitor();
+    let mut rng = Rng::new(3);
+    for _ in 0..100 {
+        m.observe(Observation::norm(1.0 + 0.1 * rng.uniform()));
+    }
+    let v = m.observe(Observation::norm(20.0));
+    assert!(v.spike_score > 10.0, "{}", v.spike_score);
+    assert!(
+        v.is_healthy(),
+        "20 is below the alert threshold and growth is not 100×"
+    );
+}
+
+#[test]
+fn monitor_loss_spike_param_divergence_oscillation() {
+    let mut m = monitor();
+    let mut rng = Rng::new(4);
+    for _ in 0..50 {
+        let v = m.observe(Observation::norm(1.0).with_loss(1.0 + 0.01 * rng.uniform()));
+        assert!(v.is_healthy());
+    }
+    let v = m.observe(Observation::norm(1.0).with_loss(5.0));
+    assert!(v.symptoms.contains(Symptom::LossSpike), "{v:?}");
+
+    let mut m = monitor();
+    assert!(m
+        .observe(Observation::norm(1.0).with_param_norm(2.0))
+        .is_healthy());
+    assert!(m
+        .observe(Observation::norm(1.0).with_param_norm(20.0))
+        .is_healthy());
+    let v = m.observe(Observation::norm(1.0).with_param_norm(20.5));
+    assert!(v.symptoms.contains(Symptom::ParameterDivergence));
+
+    let mut m = monitor();
+    let mut fired = false;
+    for i in 0..30 {
+        let loss = if i % 2 == 0 { 1.0 } else { 3.0 };
+        fired |= m
+            .observe(Observation::norm(1.0).with_loss(loss))
+            .symptoms
+            .contains(Symptom::OscillatingLoss);
+    }
+    assert!(fired);
+    // A smoothly decreasing loss does not oscillate.
+    let mut m = monitor();
+    for i in 0..30 {
+        let v = m.observe(Observation::norm(1.0).with_loss(1.0 / (1.0 + i as f64)));
+        assert!(!v.symptoms.contains(Symptom::OscillatingLoss));
+    }
+}
+
+#[test]
+fn monitor_rejects_bad_config_and_resets() {
+    for cfg in [
+        MonitorConfig {
+            alert_threshold: 0.0,
+            ..MonitorConfig::default()
+        },
+        MonitorConfig {
+            growth_window: 1,
+            ..MonitorConfig::default()
+        },
+        MonitorConfig {
+            ema_beta: 1.0,
+            ..MonitorConfig::default()
+        },
+        MonitorConfig {
+            growth_factor: f64::NAN,
+            ..MonitorConfig::default()
+        },
+    ] {
+        assert!(matches!(
+            GradientMonitor::new(cfg),
+            Err(ToolkitError::InvalidParameter { .. })
+        ));
+    }
+    let mut m = monitor();
+    m.observe(Observation::norm(1e3));
+    assert_eq!(m.alerts(), 1);
+    m.reset();
+    assert_eq!((m.alerts(), m.steps(), m.first_alert()), (0, 0, None));
+}
+
+// ---------------------------------------------------------------- AutoClip
+
+fn numpy_percentile(sorted: &[f64], p: f64) -> f64 {
+    let n = sorted.len();
+    let r = p / 100.0 * (n - 1) as f64;
+    let k = (r.floor() as usize).min(n - 1);
+    let frac = r - k as f64;
+    if frac > 0.0 && k + 1 < n {
+        sorted[k] + frac * (sorted[k + 1] - sorted[k])
+    } else {
+        sorted[k]
+    }
+}
+
+#[test]
+fn autoclip_matches_sorted_reference() {
+    for &p in &[0.0, 10.0, 33.3, 50.0, 90.0, 99.9, 100.0] {
+        let mut ac = AutoClip::new(p).unwrap();
+        let mut rng = Rng::new(p.to_bits());
+        let mut hist = Vec::new();
+        for i in 0..600 {
+            // Duplicates, zeros and a wide range.
+            let x = match i % 7 {
+                0 => 0.0,
+                1 => 1.0,
+                _ => (rng.normal() * 3.0).exp(),
+            };
+            hist.push(x);
+            let t = ac.observe(x).unwrap();
+            let mut sorted = hist.clone();
+            sorted.sort_by(f64::total_cmp);
+            assert_eq!(t, numpy_percentile(&sorted, p), "p {p} step {i}");
+        }
+        assert_eq!(ac.len(), 600);
+    }
+}
+
+#[test]
+fn autoclip_ignores_nonfinite_and_validates() {
+    let mut ac = AutoClip::new(AutoClip::DEFAULT_PERCENTILE).unwrap();
+    assert_eq!(ac.threshold(), None);
+    assert_eq!(ac.observe(f64::NAN), None);
+    assert_eq!(ac.observe(3.0), Some(3.0));
+    assert_eq!(ac.observe(f64::INFINITY), Some(3.0));
+    assert_eq!(ac.observe(-1.0), Some(3.0));
+    assert_eq!(ac.len(), 1);
+    assert!(AutoClip::new(-1.0).is_err());
+    assert!(AutoClip::new(100.5).is_err());
+    assert!(AutoClip::new(f64::NAN).is_err());
+}
+
+#[test]
+fn autoclip_clip_uses_the_kernels() {
+    let mut ac = AutoClip::new(50.0).unwrap();
+    let mut a = vec![3.0f32, 4.0]; // norm 5
+    let r = ac.clip_(&mut [GradMut::from(&mut a)]).unwrap();
+    assert!(!r.clipped || (r.clip_coef - 1.0).abs() < 1e-6);
+    let mut b = vec![30.0f32, 40.0]; // norm 50; median of {5, 50} = 27.5
+    let r = ac.clip_(&mut [GradMut::from(&mut b)]).unwrap();
+    assert!(r.clipped);
+    let n = (b[0] as f64).hypot(b[1] as f64);
+    assert!((n - 27.5).abs() < 1e-4, "{n}");
+    let mut c = vec![f32::NAN];
+    assert!(matches!(
+        ac.clip_(&mut [GradMut::from(&mut c)]),
+        Err(ToolkitError::Kernel(gradclip::Error::NonFinite(_)))
+    ));
+}
+
+// ---------------------------------------------------------------- ZClip
+
+/// A direct re-computation of ZClip (the authors' algorithm, written plainly).
+struct ZRef {
+    cfg: ZClipConfig,
+    buf: Vec<f64>,
+    mean: f64,
+    var: f64,
+    init: bool,
+}
+
+impl ZRef {
+    fn step(&mut self, g: f64) -> Option<f64> {
+        if !self.init {
+            self.buf.push(g);
+            if self.buf.len() == self.cfg.warmup_steps {
+                let n = self.buf.len() as f64;
+                self.mean = self.buf.iter().sum::<f64>() / n;
+                self.var = self
+                    .buf
+                    .iter()
+                    .map(|x| (x - self.mean).powi(2))
+                    .sum::<f64>()
+                    / n;
+                self.init = true;
+            }
+            return self.cfg.max_norm.filter(|m| g > *m);
+        }
+        let std = self.var.sqrt();
+        let z = (g - self.mean) / (std + self.cfg.eps);
+        let clip = if z > self.cfg.z_thresh {
+            Some(match self.cfg.mode {
+                ZClipMode::AdaptiveScaling => {
+                    (self.mean + self.cfg.z_thresh * std / (z / self.cfg.z_thresh))
+                        * self.cfg.clip_factor
+                }
+                ZClipMode::Mean => self.mean,
+            })
+        } else {
+            None
+        };
+        let x = clip.unwrap_or(g);
+        self.mean = self.cfg.alpha * self.mean + (1.0 - self.cfg.alpha) * x;
+        self.var = self.cfg.alpha * self.var + (1.0 - self.cfg.alpha) * (x - self.mean).powi(2);
+        match (clip, self.cfg.max_norm) {
+            (Some(c), Some(m)) => Some(c.min(m)),
+            (Some(c), None) => Some(c),
+            (None, Some(m)) if g > m => Some(m),
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn zclip_matches_direct_recomputation() {
+    for (mode, max_norm) in [
+        (ZClipMode::AdaptiveScaling, None),
+        (ZClipMode::Mean, None),
+        (ZClipMode::AdaptiveScaling, Some(2.0)),
+    ] {
+        let cfg = ZClipConfig {
+            mode,
+            max_norm,
+            ..ZClipConfig::default()
+        };
+        let mut z = ZClip::new(cfg).unwrap();
+        let mut r = ZRef {
+            cfg,
+            buf: Vec::new(),
+            mean: 0.0,
+            var: 0.0,
+            init: false,
+        };
+        let mut rng = Rng::new(11);
+        let mut spikes = 0;
+        for i in 0..400 {
+            let mut g = 1.0 + 0.1 * rng.normal();
+            if i % 37 == 36 {
+                g *= 10.0;
+            }
+            let d = z.observe(g);
+            assert_eq!(d.threshold, r.step(g), "step {i}");
+            spikes += usize::from(d.spike);
+            if i < cfg.warmup_steps {
+                assert!(d.z.is_none());
+            }
+        }
+        assert!(spikes >= 9, "{spikes}");
+        let (m, s) = z.stats().unwrap();
+        assert_eq!((m, s), (r.mean, r.var.sqrt()));
+    }
+}
+
+#[test]
+fn zclip_validates_and_clips() {
+    assert!(ZClip::new(ZClipConfig {
+        alpha: 1.0,
+        ..ZClipConfig::default()
+    })
+    .is_err());
+    assert!(ZClip::new(ZClipConfig {
+        warmup_steps: 0,
+        ..ZClipConfig::default()
+    })
+    .is_err());
+    assert!(ZClip::new(ZClipConfig {
+        max_norm: Some(-1.0),
+        ..ZClipConfig::default()
+    })
+    .is_err());
+    let mut z = ZClip::new(ZClipConfig {
+        warmup_steps: 5,
+        ..ZClipConfig::default()
+    })
+    .unwrap();
+    for x in [1.0f32, 1.1, 0.9, 1.0, 1.05] {
+        let mut g = vec![x];
+        assert!(!z.clip_(&mut [GradMut::from(&mut g)]).unwrap().clipped);
+    }
+    let mut g = vec![100.0f32];
+    let r = z.clip_(&mut [GradMut::from(&mut g)]).unwrap();
+    assert!(r.clipped);
+    assert!(g[0] < 2.0, "{}", g[0]);
+    assert_eq!(z.observe(f64::NAN).threshold, None);
+}
+
+// ---------------------------------------------------------------- AGC
+
+#[test]
+fn agc_matches_scalar_reference() {
+    let mut rng = Rng::new(5);
+    for &(rows, cols) in &[(1usize, 1usize), (7, 13), (32, 64), (5, 1)] {
+        let mut w = vec![0.0f32; rows * cols];
+        let mut g = vec![0.0f32; rows * cols];
+        rng.fill_normal_f32(&mut w, 1.0);
+        rng.fill_normal_f32(&mut g, 0.05);
+        if rows > 2 {
+            w[..cols].iter_mut().for_each(|x| *x = 0.0); // a zero row uses eps
+        }
+        let opts = AgcOptions::default();
+        let mut expected = g.clone();
+        let mut expected_clipped = 0;
+        for r in 0..rows {
+            let wn = w[r * cols..(r + 1) * cols]
+                .iter()
+                .map(|x| (*x as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let gn = g[r * cols..(r + 1) * cols]
+                .iter()
+                .map(|x| (*x as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let max = opts.clipping * wn.max(opts.eps);
+            if gn > max {
+                expected_clipped += 1;
+                for x in &mut expected[r * cols..(r + 1) * cols] {
+                    *x = (*x as f64 * (max / gn.max(1e-6))) as f32;
+                }
+            }
+        }
+        let rep = agc_(&w, &mut g, cols, opts).unwrap();
+        assert_eq!(rep.rows, rows);
+        assert_eq!(rep.clipped_rows, expected_clipped);
+        for (a, b) in g.iter().zip(&expected) {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-6), "{a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn agc_rejects_bad_arguments() {
+    let w = vec![1.0f32; 6];
+    let mut g = vec![1.0f32; 5];
+    assert!(matches!(
+        agc_(&w, &mut g, 3, AgcOptions::default()),
+        Err(ToolkitError::ShapeMismatch { .. })
+    ));
+    let mut g = vec![1.0f32; 6];
+    assert!(agc_(&w, &mut g, 4, AgcOptions::default()).is_err());
+    assert!(agc_(&w, &mut g, 0, AgcOptions::default()).is_err());
+    let bad = AgcOptions {
+        clipping: 0.0,
+        ..AgcOptions::default()
+    };
+    assert!(agc_(&w, &mut g, 3, bad).is_err());
+    let mut gn = vec![1.0f32, f32::NAN, 1.0, 1.0, 1.0, 1.0];
+    assert!(agc_(&w, &mut gn, 3, AgcOptions::default()).is_err());
+    assert_eq!(gn[0], 1.0, "nothing written on error");
+}
+
+// ---------------------------------------------------------------- spectral norm
+
+fn exact_sigma1(w: &[f32], rows: usize, cols: usize) -> f64 {
+    let m = DMatrix::from_row_slice(rows, cols, &w.iter().map(|x| *x as f64).collect::<Vec<_>>());
+    m.singular_values().max()
+}
+
+#[test]
+fn power_iteration_matches_exact_svd() {
+    let mut rng = Rng::new(9);
+    // 300 × 300 exercises the parallel mat-vecs.
+    for &(rows, cols) in &[
+        (1usize, 1usize),
+        (3, 5),
+        (8, 8),
+        (10, 4),
+        (40, 17),
+        (300, 300),
+    ] {
+        let mut w = vec![0.0f32; rows * cols];
+        rng.fill_normal_f32(&mut w, 1.0);
+        let exact = exact_sigma1(&w, rows, cols);
+        let mut sn = SpectralNorm::new(&w, rows, cols, 1, &mut rng).unwrap();
+        let mut est = 0.0;
+        for _ in 0..300 {
+            est = sn.sigma(&w).unwrap();
+        }
+        assert!(
+            (est - exact).abs() <= 1e-6 * exact,
+            "{rows}×{cols}: {est} vs {exact}"
+        );
+        assert!(est <= exact * (1.0 + 1e-12));
+        let frozen = sn.sigma_frozen(&w).unwrap();
+        assert!((frozen - est).abs() <= 1e-9 * exact);
+    }
+}
+
+#[test]
+fn spectral_normalize_gives_unit_norm() {
+    let mut rng = Rng::new(10);
+    let (rows, cols) = (20, 30);
+    let mut w = vec![0.0f32; rows * cols];
+    rng.fill_normal_f32(&mut w, 1.0);
+    let mut sn = SpectralNorm::new(&w, rows, cols, 100, &mut rng).unwrap();
+    let sigma = spectral_normalize_(&mut w, &mut sn).unwrap();
+    assert!(sigma > 1.0);
+    let after = exact_sigma1(&w, rows, cols);
+    assert!((after - 1.0).abs() < 1e-3, "{after}");
+    let measured = set_spectral_norm_(&mut w, rows, cols, 1.5, 200, &mut rng).unwrap();
+    assert!((measured - after).abs() < 1e-4);
+    assert!((exact_sigma1(&w, rows, cols) - 1.5).abs() < 1e-4);
+}
+
+#[test]
+fn spectral_norm_rejects_bad_shapes() {
+    let w = vec![1.0f32; 6];
+    let mut rng = Rng::new(0);
+    assert!(SpectralNorm::new(&w, 2, 2, 1, &mut rng).is_err());
+    assert!(SpectralNorm::new(&w, 2, 3, 0, &mut rng).is_err());
+    assert!(SpectralNorm::new(&w, 0, 3, 1, &mut rng).is_err());
+    let mut sn = SpectralNorm::new(&w, 2, 3, 1, &mut rng).unwrap();
+    assert!(matches!(
+        sn.sigma(&w[..4]),
+        Err(ToolkitError::ShapeMismatch { .. })
+    ));
+    let mut z = vec![0.0f32; 6];
+    let mut sz = SpectralNorm::new(&z, 2, 3, 1, &mut rng).unwrap();
+    assert_eq!(spectral_normalize_(&mut z, &mut sz).unwrap(), 0.0);
+    assert!(z.iter().all(|x| *x == 0.0));
+}
+
+// ---------------------------------------------------------------- initialisers
+
+fn gram_error(w: &[f32], rows: usize, cols: usize, gain: f64) -> f64 {
+    // ‖WᵀW − gain² I‖_max for tall/square, ‖WWᵀ − gain² I‖_max for wide.
+    let m = DMatrix::from_row_slice(rows, cols, &w.iter().map(|x| *x as f64).collect::<Vec<_>>());
+    let g = if rows >= cols {
+        m.transpose() * &m
+    } else {
+        &m * m.transpose()
+    };
+    let n = g.nrows();
+    let i = DMatrix::<f64>::identity(n, n) * (gain * gain);
+    (g - i).amax()
+}
+
+#[test]
+fn orthogonal_is_orthogonal() {
+    for &(rows, cols, gain) in &[
+        (64usize, 64usize, 1.0),
+        (50, 20, 1.0),
+        (20, 50, 1.0),
+        (16, 16, 1.5),
+        (1, 5, 1.0),
+    ] {
+        let mut w = vec![0.0f32; rows * cols];
+        orthogonal_(&mut w, rows, cols, gain, &mut Rng::new(3)).unwrap();
+        let err = gram_error(&w, rows, cols, gain);
+        assert!(err < 1e-5 * gain * gain, "{rows}×{cols}: {err}");
+        let mut w2 = vec![0.0f32; rows * cols];
+        orthogonal_(&mut w2, rows, cols, gain, &mut Rng::new(3)).unwrap();
+        assert_eq!(w, w2, "same seed, same weights");
+    }
+    let mut w = vec![0.0f32; 5];
+    assert!(orthogonal_(&mut w, 2, 3, 1.0, &mut Rng::new(0)).is_err());
+    let mut w = vec![0.0f32; 4];
+    assert!(orthogonal_(&mut w, 2, 2, f64::NAN, &mut Rng::new(0)).is_err());
+}
+
+#[test]
+fn xavier_zeros_normal() {
+    let (rows, cols) = (200, 100);
+    let mut w = vec![0.0f32; rows * cols];
+    xavier_uniform_(&mut w, rows, cols, 1.0, &mut Rng::new(4)).unwrap();
+    let a = (6.0f64 / 300.0).sqrt();
+    assert!(w.iter().all(|x| (*x as f64).abs() <= a));
+    let var = w.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / w.len() as f64;
+    assert!((var / (a * a / 3.0) - 1.0).abs() < 0.05, "{var}");
+    assert!(xavier_uniform_(&mut w, 3, 3, 1.0, &mut Rng::new(4)).is_err());
+    zeros_(&mut w);
+    assert!(w.iter().all(|x| *x == 0.0));
+    normal_(&mut w, 2.0, &mut Rng::new(5)).unwrap();
+    let var = w.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / w.len() as f64;
+    assert!((var / 4.0 - 1.0).abs() < 0.05);
+    assert!(normal_(&mut w, -1.0, &mut Rng::new(5)).is_err());
+}
+
+// ---------------------------------------------------------------- spectral radius
+
+#[test]
+fn spectral_radius_exact_and_power() {
+    // A rotation by 90° scaled by 2 has eigenvalues ±2i: ρ = 2 (a complex pair).
+    let a = [0.0, -2.0, 2.0, 0.0];
+    assert!((spectral_radius_exact(&a, 2).unwrap() - 2.0).abs() < 1e-12);
+    let p = spectral_radius_power(&a, 2, 10, 100, &mut Rng::new(1)).unwrap();
+    assert!((p - 2.0).abs() < 1e-9, "{p}");
+    let mut rng = Rng::new(2);
+    for &n in &[16usize, 64] {
+        let mut m = vec![0.0f64; n * n];
+        rng.fill_normal_f64(&mut m, 1.0);
+        let exact = spectral_radius_exact(&m, n).unwrap();
+        let power = spectral_radius_power(&m, n, 200, 300, &mut rng).unwrap();
+        assert!(
+            (power / exact - 1.0).abs() < 0.05,
+            "{n}: {power} vs {exact}"
+        );
+    }
+    assert!(spectral_radius_exact(&[1.0, 2.0, 3.0], 2).is_err());
+    assert!(spectral_radius_exact(&[f64::NAN], 1).is_err());
+    assert!(spectral_radius_power(&[1.0], 1, 0, 0, &mut rng).is_err());
+}
+
+// ---------------------------------------------------------------- advisor
+
+#[test]
+fn advisor_maps_the_guidelines_table() {
+    assert!(advise(&RunFacts::default()).is_empty());
+    let rnn = RunFacts {
+        recurrent: true,
+        layers: 1,
+        seq_len: 50,
+        ..RunFacts::default()
+    };
+    let r = advise(&rnn);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].action, Action::ClipGradNorm { max_norm: 1.0 });
+
+    let nan = RunFacts {
+        nan_seen: true,
+        ..RunFacts::default()
+    };
+    let actions: Vec<Action> = advise(&nan).into_iter().map(|r| r.action).collect();
+    assert!(actions.contains(&Action::ReduceLearningRate { factor: 0.1 }));
+    assert!(actions.contains(&Action::VerifyInitialization));
+    assert!(actions.contains(&Action::ClipGradNorm { max_norm: 1.0 }));
+
+    let deep_long = RunFacts {
+        recurrent: true,
+        layers: 4,
+        seq_len: 500,
+        ..RunFacts::default()
+    };
+    let actions: Vec<Action> = advise(&deep_long).into_iter().map(|r| r.action).collect();
+    let clips: Vec<&Action> = actions
+        .iter()
+        .filter(|a| matches!(a, Action::ClipGradNorm { .. }))
+        .collect();
+    assert_eq!(clips, vec![&Action::ClipGradNorm { max_norm: 0.5 }]);
+    assert!(actions.contains(&Action::UseGatedCells));
+    assert!(actions.contains(&Action::TruncatedBptt { k: 100 }));
+
+    let gated_spiky = RunFacts {
+        recurrent: true,
+        gated: true,
+        layers: 3,
+        spikes_seen: true,
+        current_max_norm: Some(0.8),
+        ..RunFacts::default()
+    };
+    let actions: Vec<Action> = advise(&gated_spiky).into_iter().map(|r| r.action).collect();
+    assert!(actions.contains(&Action::ClipGradNorm { max_norm: 0.4 }));
+    assert!(actions.contains(&Action::CheckDataOutliers));
+    assert!(!actions.contains(&Action::UseGatedCells));
+    assert!(!actions.contains(&Action::TruncatedBptt { k: 100 }));
+}
+
+// ---------------------------------------------------------------- RNN and RNG
+
+#[test]
+fn rnn_gradients_match_finite_differences() {
+    use gradclip::rnn::*;
+    let h = 5;
+    let mut rnn = Rnn::new(h, RecurrentInit::ScaledOrthogonal(1.2), &mut Rng::new(1)).unwrap();
+    rnn.b_h
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = 0.1 * i as f32);
+    let data = AddingBatch::sample(3, 8, MarkerLayout::Halves, &mut Rng::new(2)).unwrap();
+    for horizon in [None, Some(3)] {
+        let mut g = RnnGrads::zeros(h);
+        loss_and_grad(&rnn, &data, horizon, &mut g).unwrap();
+        if horizon.is_some() {
+            // Truncation changes the W_hh gradient but not the readout's.
+            let mut full = RnnGrads::zeros(h);
+            loss_and_grad(&rnn, &data, None, &mut full).unwrap();
+            assert_eq!(g.w_hy, full.w_hy);
+            assert_ne!(g.w_hh, full.w_hh);
+            continue;
+        }
+        let eps = 1e-3f32;
+        type Get = fn(&mut Rnn) -> &mut Vec<f32>;
+        let params: [(Get, &Vec<f32>); 5] = [
+            (|r| &mut r.w_hh, &g.w_hh),
+            (|r| &mut r.w_xh, &g.w_xh),
+            (|r| &mut r.b_h, &g.b_h),
+            (|r| &mut r.w_hy, &g.w_hy),
+            (|r| &mut r.b_y, &g.b_y),
+        ];
+        for (get, an) in params {
+            for (i, &a) in an.iter().enumerate() {
+                let mut p = rnn.clone();
+                get(&mut p)[i] += eps;
+                let mut m = rnn.clone();
+                get(&mut m)[i] -= eps;
+                let num = (evaluate(&p, &data).unwrap().loss - evaluate(&m, &data).unwrap().loss)
+                    / (2.0 * eps as f64);
+                assert!(
+                    (num - a as f64).abs() < 2e-3 + 2e-2 * num.abs(),
+                    "{num} vs {a}"
+                );
+            }
+        }
+    }
+    let flow = gradient_flow(&rnn, &data).unwrap();
+    assert_eq!(flow.len(), 9);
+    assert!(flow.iter().all(|x| x.is_finite() && *x > 0.0));
+    let bad = AddingBatch {
+        batch: 2,
+        ..data.clone()
+    };
+    assert!(evaluate(&rnn, &bad).is_err());
+    let mut g = RnnGrads::zeros(h);
+    assert!(loss_and_grad(&rnn, &data, Some(0), &mut g).is_err());
+}
+
+#[test]
+fn tanh_f32_is_accurate() {
+    use gradclip::rnn::tanh_f32;
+    let mut worst_rel = 0.0f64;
+    let mut x = -12.0f64;
+    while x <= 12.0 {
+        for xi in [x, x * 1e-3, x * 1e-6] {
+            let xf = xi as f32;
+            let exact = (xf as f64).tanh();
+            let got = tanh_f32(xf) as f64;
+            let rel = (got - exact).abs() / exact.abs().max(1e-30);
+            worst_rel = worst_rel.max(rel);
+        }
+        x += 0.001;
+    }
+    assert!(worst_rel < 5e-7, "{worst_rel}");
+    assert_eq!(tanh_f32(0.0), 0.0);
+    assert_eq!(tanh_f32(f32::INFINITY), 1.0);
+    assert_eq!(tanh_f32(f32::NEG_INFINITY), -1.0);
+    assert!(tanh_f32(f32::NAN).is_nan());
+    assert_eq!(tanh_f32(20.0), 1.0);
+}
+
+#[test]
+fn rng_is_reproducible_and_normal() {
+    let mut a = Rng::new(42);
+    let mut b = Rng::new(42);
+    for _ in 0..100 {
+        assert_eq!(a.next_u64(), b.next_u64());
+    }
+    assert_ne!(Rng::derive(1, 1).next_u64(), Rng::derive(1, 2).next_u64());
+    let mut r = Rng::new(7);
+    let n = 200_000;
+    let (mut s, mut s2) = (0.0, 0.0);
+    for _ in 0..n {
+        let x = r.normal();
+        s += x;
+        s2 += x * x;
+    }
+    assert!((s / n as f64).abs() < 0.01);
+    assert!((s2 / n as f64 - 1.0).abs() < 0.02);
+    let mut counts = [0usize; 3];
+    for _ in 0..30_000 {
+        counts[r.below(3)] += 1;
+    }
+    assert!(
+        counts.iter().all(|c| (*c as i64 - 10_000).abs() < 400),
+        "{counts:?}"
+    );
+    assert_eq!(r.below(0), 0);
+}
