@@ -466,8 +466,7 @@ fn print_claims(out: &[(RunSpec, TrainOutcome)]) {
     let get = |k: &str| out.iter().find(|(s, _)| s.key == k).map(|(_, o)| o);
     println!("   Checks of the reference text's claims, as measured:");
     if let Some(a) = get("a") {
-        let diverged =
-            a.nan_step.is_some() || a.eval.map_or(true, |e| e.loss > a.initial_eval.loss);
+        let diverged = a.nan_step.is_some() || a.eval.is_none_or(|e| e.loss > a.initial_eval.loss);
         println!(
             "   - (a) σ=1.5 without clipping {}{}.",
             match a.nan_step {

@@ -85,7 +85,7 @@ pub fn agc_(
             "> 0 for a non-empty matrix",
         ));
     }
-    if weight.len() % cols != 0 {
+    if !weight.len().is_multiple_of(cols) {
         return Err(ToolkitError::ShapeMismatch {
             what: "agc: length not a multiple of cols",
             expected: weight.len() / cols * cols,
