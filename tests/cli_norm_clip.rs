@@ -1054,3 +1054,29 @@ fn bad_arguments_exit_2_with_one_line() {
     assert_eq!(std::fs::read(&f).unwrap(), bytes);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
+
+#[test]
+fn zero_size_tensors_at_one_offset_keep_header_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = r#"{"w2":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"zb":{"dtype":"F16","shape":[0],"data_offsets":[4,4]},"w1":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"za":{"dtype":"BF16","shape":[2,0],"data_offsets":[4,4]},"zend":{"dtype":"F32","shape":[0],"data_offsets":[8,8]}}"#;
+    let data: Vec<u8> = [3.0f32, 4.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let bytes = raw_file(header, &data);
+    let f = write(dir.path(), "z.safetensors", &bytes);
+    let o = run(&["norm", s(&f), "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = json(&o);
+    let names: Vec<&str> = v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["w1", "zb", "za", "w2", "zend"]);
+    assert_eq!(raw_f64(&stdout(&o), "total_norm"), 5.0);
+    // Clipping keeps the header byte for byte.
+    let out = dir.path().join("z.out");
+    let o = run(&["clip", s(&f), "--max-norm", "1", "-o", s(&out)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let got = std::fs::read(&out).unwrap();
+    assert_eq!(got[..8 + header.len()], bytes[..8 + header.len()]);
+}
