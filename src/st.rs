@@ -219,7 +219,7 @@ impl fmt::Display for StError {
             StError::TrailingBytes { data_end, data_len } => write!(
                 f,
                 "{} bytes after the last tensor (data ends at {data_end}, file data is {data_len} bytes)",
-                data_len - data_end
+                data_len.saturating_sub(*data_end)
             ),
             StError::Format(why) => write!(f, "invalid safetensors file: {}", q(why)),
             StError::Invalid(e) => write!(f, "{e}"),
@@ -255,7 +255,7 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// Number of elements (the product of the shape; 1 for a scalar).
     pub fn numel(&self) -> usize {
-        (self.end - self.start) / self.dtype.size_of()
+        self.end.saturating_sub(self.start) / self.dtype.size_of()
     }
 
     /// The dtype as spelled in safetensors headers (`F32`, `F16`, `BF16`).
