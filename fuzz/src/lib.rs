@@ -107,7 +107,7 @@ fn buffers(inp: &mut Input<'_>, allow_long: bool) -> Vec<Buf> {
                 (len, raw)
             } else {
                 let len = inp.u16() as usize % 700;
-                let size = if c % 3 == 0 { 4 } else { 2 };
+                let size = if c.is_multiple_of(3) { 4 } else { 2 };
                 let raw = inp.take(len * size);
                 (raw.len() / size, raw)
             };
