@@ -546,7 +546,7 @@ fn table_output_for_people() {
 }
 
 #[test]
-fn total_norm_is_identical_for_any_thread_count() {
+fn total_norm_is_identical_for_any_thread_count_and_isa() {
     let dir = tempfile::tempdir().unwrap();
     let tensors = vec![
         Tensor::f32("a", &[1 << 20], &values(1 << 20, 21, 25)),
@@ -559,11 +559,16 @@ fn total_norm_is_identical_for_any_thread_count() {
         &build(&tensors, None, None, 2),
     );
     let mut seen = Vec::new();
-    for threads in ["1", "2", "3"] {
+    // Thread counts 1/2/3 on the default ISA, and the portable kernels forced ("p2").
+    for threads in ["1", "2", "3", "p2"] {
         for nt in ["2", "1", "inf", "3"] {
-            let o = bin()
+            let mut cmd = bin();
+            if threads == "p2" {
+                cmd.env("GRADCLIP_ISA", "portable");
+            }
+            let o = cmd
                 .args(["norm", s(&f), "--json", "--norm-type", nt])
-                .env("RAYON_NUM_THREADS", threads)
+                .env("RAYON_NUM_THREADS", threads.trim_start_matches('p'))
                 .output()
                 .unwrap();
             assert_eq!(code(&o), 0);
