@@ -1006,6 +1006,15 @@ fn bad_arguments_exit_2_with_one_line() {
         ("max-norm empty", clip(&["--max-norm", "", "-o", &o_s])),
         ("missing max-norm", clip(&["-o", &o_s])),
         ("missing -o", clip(&["--max-norm", "1"])),
+        ("-o without value", clip(&["--max-norm", "1", "-o"])),
+        (
+            "--max-norm without value",
+            clip(&["-o", &o_s, "--max-norm"]),
+        ),
+        (
+            "--norm-type without value",
+            clip(&["--max-norm", "1", "-o", &o_s, "--norm-type"]),
+        ),
         (
             "norm-type 0",
             clip(&["--max-norm", "1", "-o", &o_s, "--norm-type", "0"]),

@@ -26,17 +26,25 @@ pub struct ClipArgs {
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
     /// The largest allowed total norm (required; a finite number > 0).
-    #[arg(long, value_name = "X", allow_hyphen_values = true)]
+    #[arg(long, value_name = "X", allow_hyphen_values = true, num_args = 0..=1, default_missing_value = "")]
     pub max_norm: Option<String>,
     /// Where to write the clipped file (required).
-    #[arg(short = 'o', long = "output", value_name = "OUT")]
-    pub output: Option<PathBuf>,
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "OUT",
+        num_args = 0..=1,
+        default_missing_value = ""
+    )]
+    pub output: Option<std::ffi::OsString>,
     /// Norm type: 2, 1, inf, or any finite p > 0.
     #[arg(
         long,
         value_name = "P",
         default_value = "2",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        num_args = 0..=1,
+        default_missing_value = ""
     )]
     pub norm_type: String,
     /// Print one JSON object instead of a sentence.
@@ -69,8 +77,10 @@ pub fn run(args: ClipArgs) -> ExitCode {
             Err(e) => return fail(&e),
         },
     };
-    let Some(out_path) = args.output else {
-        return fail(&"missing -o OUT (where to write the clipped file)");
+    // A value-less `-o` arrives as an empty path (so clap need not print a multi-line error).
+    let out_path = match args.output {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => return fail(&"missing -o OUT (where to write the clipped file)"),
     };
     let (input, layout) = match sio::load(&args.file) {
         Ok(x) => x,
