@@ -309,6 +309,64 @@ impl<'de> serde::Deserialize<'de> for OrderedEntries {
     }
 }
 
+/// Walks a whole JSON document and fails on any object with a repeated key. serde_json keeps the
+/// last of repeated keys silently, while the `safetensors` crate's typed parse rejects some of
+/// them (a repeated `data_offsets`) and accepts others: a repeated key is refused outright.
+struct NoRepeatedKeys;
+
+impl<'de> serde::Deserialize<'de> for NoRepeatedKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NoRepeatedKeys;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_unit<E>(self) -> Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_none<E>(self) -> Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<NoRepeatedKeys, A::Error> {
+                while seq.next_element::<NoRepeatedKeys>()?.is_some() {}
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NoRepeatedKeys, A::Error> {
+                let mut keys = std::collections::HashSet::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    map.next_value::<NoRepeatedKeys>()?;
+                    if !keys.insert(k.clone()) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "key `{k}` appears twice in one object"
+                        )));
+                    }
+                }
+                Ok(NoRepeatedKeys)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 fn bad(name: &str, reason: impl Into<String>) -> StError {
     StError::BadTensor {
         name: name.to_string(),
@@ -425,6 +483,8 @@ pub fn parse(bytes: &[u8]) -> Result<Layout, StError> {
             format!("header is not valid JSON: {e}")
         })
     })?;
+    serde_json::from_str::<NoRepeatedKeys>(text)
+        .map_err(|e| StError::BadHeader(format!("header is ambiguous: {e}")))?;
 
     let mut metadata = None;
     let mut tensors: Vec<TensorInfo> = Vec::with_capacity(entries.0.len());

@@ -902,6 +902,13 @@ fn bad_files() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         (
+            "repeated field",
+            raw_file(
+                r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,4,8],"data_offsets":[0,16]}}"#,
+                &data16,
+            ),
+        ),
+        (
             "bad __metadata__",
             raw_file(r#"{"__metadata__":{"a":1}}"#, &[]),
         ),

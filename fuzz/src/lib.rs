@@ -297,6 +297,8 @@ pub fn safetensors_cli(data: &[u8]) {
     let layout = match st::parse(data) {
         Ok(l) => l,
         Err(e) => {
+            // `Format` means the safetensors crate rejected a file our own checks accepted.
+            assert!(!matches!(e, StError::Format(_)), "validation gap: {e}");
             let msg = e.to_string();
             assert!(
                 !msg.is_empty() && !msg.contains(['\n', '\r']),
