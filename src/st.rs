@@ -282,7 +282,8 @@ pub struct Layout {
     pub data_start: usize,
     /// The tensors in file order.
     pub tensors: Vec<TensorInfo>,
-    /// The `__metadata__` entries, in header order (`None` when absent).
+    /// The `__metadata__` entries, sorted by key (`None` when absent). OUT gets the header
+    /// verbatim, so their order in the file is kept there.
     pub metadata: Option<Vec<(String, String)>>,
 }
 

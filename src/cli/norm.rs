@@ -132,17 +132,31 @@ fn print_json(layout: &Layout, s: &NormSummary) -> io::Result<()> {
     })
 }
 
-/// Decades of dynamic range the log-scale bar covers.
-const BAR_DECADES: f64 = 12.0;
+/// Most decades of dynamic range a log-scale bar covers (fewer when the norms span fewer).
+const MAX_BAR_DECADES: f64 = 12.0;
 /// Width of a full bar in characters.
 const BAR_WIDTH: usize = 24;
 
-/// A bar whose length is `log10(norm)` relative to the largest norm, over [`BAR_DECADES`].
-fn bar(norm: f64, largest: f64) -> String {
+/// The decades the bars span: from the smallest positive finite norm to the largest, at least
+/// 1 and at most [`MAX_BAR_DECADES`].
+fn bar_decades(norms: &[f64]) -> f64 {
+    let pos = norms.iter().copied().filter(|v| v.is_finite() && *v > 0.0);
+    let (lo, hi) = pos.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if hi > 0.0 {
+        (hi / lo).log10().ceil().clamp(1.0, MAX_BAR_DECADES)
+    } else {
+        1.0
+    }
+}
+
+/// A bar whose length is `log10(norm)` relative to the largest norm, over `decades` decades.
+fn bar(norm: f64, largest: f64, decades: f64) -> String {
     if !(norm > 0.0 && largest > 0.0) {
         return String::new();
     }
-    let frac = 1.0 - (largest / norm).log10() / BAR_DECADES;
+    let frac = 1.0 - (largest / norm).log10() / decades;
     let eighths = (frac.clamp(0.0, 1.0) * (BAR_WIDTH * 8) as f64).round() as usize;
     let eighths = eighths.max(1);
     const PARTS: [char; 8] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
@@ -218,6 +232,7 @@ fn print_table(
         .filter(|v| v.is_finite())
         .fold(0.0f64, f64::max);
 
+    let decades = bar_decades(&s.norms);
     let rows: Vec<[String; 5]> = order[..shown]
         .iter()
         .map(|&i| {
@@ -229,7 +244,13 @@ fn print_table(
                 sio::shape_str(&t.shape),
                 fmt_norm(v),
                 share(v, s.total_norm, p)
-                    .map(|r| format!("{:.2}%", 100.0 * r))
+                    .map(|r| {
+                        if r > 0.0 && r < 5e-5 {
+                            "<0.01%".to_string()
+                        } else {
+                            format!("{:.2}%", 100.0 * r)
+                        }
+                    })
                     .unwrap_or_else(|| "-".into()),
             ]
         })
@@ -250,18 +271,30 @@ fn print_table(
         n,
         elements
     )?;
+    if let Some(meta) = layout.metadata.as_ref().filter(|m| !m.is_empty()) {
+        let text: Vec<String> = meta.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut text = st::one_line(&text.join(", "));
+        if text.chars().count() > 160 {
+            text = text.chars().take(157).collect::<String>() + "...";
+        }
+        writeln!(out, "{}", style.dim(&format!("metadata: {text}")))?;
+    }
     let head: Vec<String> = headers.iter().zip(widths).map(|(h, w)| pad(h, w)).collect();
     writeln!(
         out,
         "{}",
-        style.dim(&format!("{}  {name} (log scale)", head.join("  ")))
+        style.dim(&format!(
+            "{}  {name}, log scale over {decades} decade{}",
+            head.join("  "),
+            if decades == 1.0 { "" } else { "s" }
+        ))
     )?;
     for (&i, r) in order[..shown].iter().zip(&rows) {
         let v = s.norms.get(i).copied().unwrap_or(f64::NAN);
         let cells: Vec<String> = r.iter().zip(widths).map(|(c, w)| pad(c, w)).collect();
         let line = cells.join("  ");
         if v.is_finite() {
-            writeln!(out, "{line}  {}", style.bar(&bar(v, largest)))?;
+            writeln!(out, "{line}  {}", style.bar(&bar(v, largest, decades)))?;
         } else {
             writeln!(out, "{}", style.alert(&format!("{line}  non-finite")))?;
         }
