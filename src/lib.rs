@@ -44,6 +44,8 @@ mod norm;
 mod parallel;
 mod partial;
 pub mod reference;
+#[cfg(feature = "cli")]
+pub mod st;
 
 pub use arch::Isa;
 pub use clip::{

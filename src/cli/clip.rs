@@ -1,13 +1,160 @@
-//! `gradclip clip` (being written).
+//! `gradclip clip`: scale every tensor of a safetensors file so the global norm is at most
+//! `--max-norm`, writing a new file atomically.
 
+use std::io::{self, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use gradclip::st::{self, StError};
+use serde::Serialize;
+
+use super::safetensors_io::{self as sio, EXIT_NONFINITE};
 
 /// Arguments of `gradclip clip`.
 #[derive(clap::Args, Debug)]
-pub struct ClipArgs {}
+#[command(after_help = "\
+Example:
+  gradclip clip grads.safetensors --max-norm 1.0 -o clipped.safetensors --json
+
+Every element becomes round_to_dtype(f32(x) * f32(clip_coef)) with
+clip_coef = min(1, max_norm / (total_norm + 1e-6)); when clip_coef is 1, OUT is
+a byte-for-byte copy. OUT is written to a temporary file and renamed into place.
+
+Exit status: 0 written, 3 a NaN/inf was found (OUT not written), 2 bad input.")]
+pub struct ClipArgs {
+    /// The safetensors file (F32, F16 and BF16 tensors).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The largest allowed total norm (required; a finite number > 0).
+    #[arg(long, value_name = "X", allow_hyphen_values = true, num_args = 0..=1, default_missing_value = "")]
+    pub max_norm: Option<String>,
+    /// Where to write the clipped file (required).
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "OUT",
+        num_args = 0..=1,
+        default_missing_value = ""
+    )]
+    pub output: Option<std::ffi::OsString>,
+    /// Norm type: 2, 1, inf, or any finite p > 0.
+    #[arg(
+        long,
+        value_name = "P",
+        default_value = "2",
+        allow_hyphen_values = true,
+        num_args = 0..=1,
+        default_missing_value = ""
+    )]
+    pub norm_type: String,
+    /// Print one JSON object instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct ClipJson {
+    norm_type: serde_json::Value,
+    total_norm: Option<f64>,
+    max_norm: f64,
+    clip_coef: Option<f64>,
+    clipped: bool,
+    nonfinite: Option<sio::NonFiniteJson>,
+}
 
 /// Runs `gradclip clip`.
-pub fn run(_args: ClipArgs) -> ExitCode {
-    eprintln!("gradclip clip: not available yet");
-    ExitCode::from(2)
+pub fn run(args: ClipArgs) -> ExitCode {
+    let fail = |m: &dyn std::fmt::Display| sio::fail("clip", m);
+    // Arguments are checked here rather than by clap so every failure is one line, exit 2.
+    let norm_type = match st::parse_norm_type(&args.norm_type) {
+        Ok(n) => n,
+        Err(e) => return fail(&e),
+    };
+    let max_norm = match args.max_norm.as_deref() {
+        None => return fail(&"missing --max-norm X (the largest allowed total norm)"),
+        Some(s) => match st::parse_max_norm(s) {
+            Ok(m) => m,
+            Err(e) => return fail(&e),
+        },
+    };
+    // A value-less `-o` arrives as an empty path (so clap need not print a multi-line error).
+    let out_path = match args.output {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => return fail(&"missing -o OUT (where to write the clipped file)"),
+    };
+    let (input, layout) = match sio::load(&args.file) {
+        Ok(x) => x,
+        Err(e) => return fail(&e),
+    };
+    let bytes = input.bytes();
+
+    sio::status(bytes.len(), "clipping...");
+    let result = st::clip(bytes, &layout, max_norm, norm_type);
+    sio::clear_status(bytes.len());
+    let clipped = match result {
+        Ok(c) => c,
+        Err(StError::NonFinite(nf)) => {
+            if args.json {
+                let _ = sio::print_json(&ClipJson {
+                    norm_type: sio::norm_type_json(norm_type),
+                    total_norm: None,
+                    max_norm,
+                    clip_coef: None,
+                    clipped: false,
+                    nonfinite: Some((&nf).into()),
+                });
+            }
+            let _ = writeln!(
+                io::stderr(),
+                "gradclip clip: non-finite value {} in tensor `{}` at index {}; {} not written",
+                nf.value_str(),
+                st::one_line(&nf.name),
+                nf.index,
+                st::one_line(&out_path.display().to_string())
+            );
+            return ExitCode::from(EXIT_NONFINITE);
+        }
+        Err(e) => return fail(&e),
+    };
+
+    sio::status(bytes.len(), "writing...");
+    let written = sio::write_atomically(&out_path, &args.file, |w| {
+        clipped.write_to(bytes, &layout, w)
+    });
+    sio::clear_status(bytes.len());
+    if let Err(e) = written {
+        return fail(&e);
+    }
+
+    let printed = if args.json {
+        sio::print_json(&ClipJson {
+            norm_type: sio::norm_type_json(norm_type),
+            total_norm: sio::finite(clipped.total_norm),
+            max_norm,
+            clip_coef: sio::finite(clipped.clip_coef),
+            clipped: clipped.clipped,
+            nonfinite: None,
+        })
+    } else {
+        let name = sio::norm_name(norm_type);
+        let out = st::one_line(&out_path.display().to_string());
+        let msg = if clipped.clipped {
+            format!(
+                "total {name} norm {} > max-norm {max_norm}: scaled every element by {}; wrote {out}",
+                clipped.total_norm, clipped.clip_coef
+            )
+        } else {
+            format!(
+                "total {name} norm {} is within max-norm {max_norm}: nothing to scale; wrote an identical copy to {out}",
+                clipped.total_norm
+            )
+        };
+        writeln!(io::stdout(), "{msg}")
+    };
+    match printed {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            fail(&format!("cannot write to stdout: {e}"))
+        }
+        _ => ExitCode::SUCCESS,
+    }
 }

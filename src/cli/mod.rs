@@ -5,3 +5,4 @@ pub mod bench;
 pub mod clip;
 pub mod demo;
 pub mod norm;
+pub mod safetensors_io;

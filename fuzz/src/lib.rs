@@ -1,0 +1,385 @@
+//! The oracles behind gradclip's fuzz targets. Each target in `fuzz_targets/` is a one-line
+//! wrapper around a function here, so a crash reproduces from a plain `#[test]` too.
+//!
+//! - [`kernels_differential`]: arbitrary bytes become buffers of each dtype at arbitrary element
+//!   offsets; every available ISA's norm, per-buffer partials, non-finite location and scale are
+//!   compared with the scalar reference (`gradclip::reference`) and with each other.
+//! - [`safetensors_cli`]: arbitrary bytes as a safetensors file go through the library side of
+//!   `gradclip norm` / `gradclip clip` (`gradclip::st`), which must either reject them with a
+//!   one-line error or produce a result that is consistent in every way checked below.
+
+use gradclip::reference;
+use gradclip::st::{self, StError};
+use gradclip::{
+    bf16, f16, first_nonfinite, get_total_norm_with_isa, per_buffer_partials, scale_with_isa_,
+    Error, Grad, GradMut, Isa, NonFinite, NormPartial, NormType, CHUNK_ELEMS,
+};
+
+/// Reads control bytes and payload from the fuzz input; past the end it yields zeros.
+struct Input<'a> {
+    d: &'a [u8],
+}
+
+impl<'a> Input<'a> {
+    fn byte(&mut self) -> u8 {
+        match self.d.split_first() {
+            Some((&b, rest)) => {
+                self.d = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.byte(), self.byte()])
+    }
+
+    fn u64(&mut self) -> u64 {
+        let mut a = [0u8; 8];
+        a.iter_mut().for_each(|b| *b = self.byte());
+        u64::from_le_bytes(a)
+    }
+
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (a, b) = self.d.split_at(n.min(self.d.len()));
+        self.d = b;
+        a
+    }
+}
+
+/// An owned buffer of one dtype plus the element offset its view starts at.
+#[derive(Clone)]
+enum Buf {
+    F32(Vec<f32>, usize),
+    F16(Vec<f16>, usize),
+    BF16(Vec<bf16>, usize),
+}
+
+impl Buf {
+    fn grad(&self) -> Grad<'_> {
+        match self {
+            Buf::F32(v, o) => Grad::F32(&v[*o..]),
+            Buf::F16(v, o) => Grad::F16(&v[*o..]),
+            Buf::BF16(v, o) => Grad::BF16(&v[*o..]),
+        }
+    }
+
+    fn grad_mut(&mut self) -> GradMut<'_> {
+        match self {
+            Buf::F32(v, o) => GradMut::F32(&mut v[*o..]),
+            Buf::F16(v, o) => GradMut::F16(&mut v[*o..]),
+            Buf::BF16(v, o) => GradMut::BF16(&mut v[*o..]),
+        }
+    }
+}
+
+/// `n` elements of `size` bytes from `raw`, tiled when `raw` is shorter (zeros when empty).
+fn elements<const N: usize, T>(raw: &[u8], n: usize, from: fn([u8; N]) -> T) -> Vec<T> {
+    (0..n)
+        .map(|i| {
+            let mut a = [0u8; N];
+            if !raw.is_empty() {
+                for (k, b) in a.iter_mut().enumerate() {
+                    *b = raw[(i * N + k) % raw.len()];
+                }
+            }
+            from(a)
+        })
+        .collect()
+}
+
+/// The buffers of an input; `allow_long` permits one buffer just past [`CHUNK_ELEMS`] (slow
+/// under the sanitizers, so the caller enables it for a fraction of the inputs only).
+fn buffers(inp: &mut Input<'_>, allow_long: bool) -> Vec<Buf> {
+    let count = 1 + inp.byte() as usize % 4;
+    let mut long_left = allow_long;
+    (0..count)
+        .map(|_| {
+            let c = inp.byte();
+            let offset = (c as usize / 3) % 8;
+            let (len, raw) = if long_left && c & 0xF0 == 0xF0 {
+                long_left = false;
+                // Long buffers around the chunk boundary, content tiled from the input.
+                let len = CHUNK_ELEMS - 4 + inp.byte() as usize % 9;
+                let n = inp.byte() as usize * 4;
+                let raw = inp.take(n);
+                (len, raw)
+            } else {
+                let len = inp.u16() as usize % 700;
+                let size = if c.is_multiple_of(3) { 4 } else { 2 };
+                let raw = inp.take(len * size);
+                (raw.len() / size, raw)
+            };
+            let n = offset + len;
+            match c % 3 {
+                0 => Buf::F32(elements(raw, n, f32::from_le_bytes), offset),
+                1 => Buf::F16(elements(raw, n, f16::from_le_bytes), offset),
+                _ => Buf::BF16(elements(raw, n, bf16::from_le_bytes), offset),
+            }
+        })
+        .collect()
+}
+
+fn same(a: f64, b: f64) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+fn same_nonfinite(a: &NonFinite, b: &NonFinite) -> bool {
+    a.buffer == b.buffer && a.index == b.index && same(a.value, b.value)
+}
+
+fn check_value(got: f64, want: f64, norm_type: NormType, what: &str) {
+    let tol = match norm_type {
+        NormType::Inf => 0.0,
+        NormType::P(_) => 1e-12,
+        _ => 1e-13,
+    };
+    if norm_type == NormType::Inf || want == 0.0 {
+        assert!(
+            got.to_bits() == want.to_bits(),
+            "{what}: got {got:e}, reference {want:e}"
+        );
+    } else {
+        let err = ((got - want) / want).abs();
+        assert!(
+            err <= tol,
+            "{what}: got {got:e}, reference {want:e}, rel err {err:e}"
+        );
+    }
+}
+
+/// Differential oracle of the kernels against the scalar reference; see the crate docs.
+pub fn kernels_differential(data: &[u8]) {
+    let mut inp = Input { d: data };
+    let factor_kind = inp.byte();
+    let factor_bits = inp.u64();
+    let bufs = buffers(&mut inp, factor_kind & 0x80 != 0);
+    let grads: Vec<Grad<'_>> = bufs.iter().map(Buf::grad).collect();
+    let first = first_nonfinite(&grads);
+    let isas = Isa::available();
+    let long = grads.iter().any(|g| g.len() > CHUNK_ELEMS / 2);
+    let norm_types: &[NormType] = if long {
+        &[NormType::L2, NormType::Inf]
+    } else {
+        &[NormType::L2, NormType::L1, NormType::Inf, NormType::P(3.0)]
+    };
+
+    for &norm_type in norm_types {
+        let want = reference::norm(&grads, norm_type);
+        assert_eq!(
+            want.is_finite(),
+            first.is_none(),
+            "reference vs first_nonfinite"
+        );
+        let mut results = Vec::new();
+        for &isa in &isas {
+            let got = get_total_norm_with_isa(&grads, norm_type, isa);
+            match (&got, &first) {
+                (Ok(x), None) => check_value(*x, want, norm_type, isa.name()),
+                (Err(Error::NonFinite(nf)), Some(f)) => assert!(
+                    same_nonfinite(nf, f),
+                    "{}: reported {nf:?}, first is {f:?}",
+                    isa.name()
+                ),
+                _ => panic!("{} {norm_type:?}: {got:?}, first {first:?}", isa.name()),
+            }
+            results.push(got);
+        }
+        for w in results.windows(2) {
+            match (&w[0], &w[1]) {
+                (Ok(a), Ok(b)) => assert_eq!(a.to_bits(), b.to_bits(), "ISAs differ"),
+                (Err(Error::NonFinite(a)), Err(Error::NonFinite(b))) => {
+                    assert!(same_nonfinite(a, b), "ISAs differ: {a:?} vs {b:?}")
+                }
+                _ => panic!("ISAs differ: {:?} vs {:?}", w[0], w[1]),
+            }
+        }
+
+        // One pass of per-buffer partials: each buffer's norm and the same total bits.
+        let mut out = vec![NormPartial::EMPTY; grads.len()];
+        let total = per_buffer_partials(&grads, norm_type, &mut out).expect("valid norm type");
+        if let Some(Ok(x)) = results.first() {
+            assert_eq!(total.finish().to_bits(), x.to_bits(), "per_buffer total");
+        } else {
+            assert!(!total.is_finite());
+        }
+        // Each buffer against the reference (skipped for long inputs: time, not coverage).
+        for (i, (g, p)) in grads.iter().zip(&out).enumerate().filter(|_| !long) {
+            let want_i = reference::norm(&[*g], norm_type);
+            let got_i = p.finish();
+            if want_i.is_finite() {
+                check_value(got_i, want_i, norm_type, &format!("buffer {i}"));
+            } else {
+                assert_eq!(got_i.is_nan(), want_i.is_nan(), "buffer {i} NaN vs inf");
+                assert_eq!(got_i.is_infinite(), want_i.is_infinite());
+            }
+        }
+    }
+
+    // Scaling: every ISA equal to round_to_dtype(f32(x) * f32(factor)), bit for bit. Scaling
+    // is element-wise, so long buffers add nothing here but time.
+    if long {
+        return;
+    }
+    let factor = match factor_kind % 4 {
+        0 => f64::from_bits(factor_bits),
+        1 => 0.5,
+        2 => 1.0,
+        // A realistic clip coefficient.
+        _ => (factor_bits % 1000) as f64 / 997.0 / (1.0 + 1e-6),
+    };
+    let c = factor as f32;
+    let valid = factor.is_finite() && c.is_finite();
+    for &isa in &isas {
+        let mut scaled = bufs.clone();
+        let mut views: Vec<GradMut<'_>> = scaled.iter_mut().map(Buf::grad_mut).collect();
+        let r = scale_with_isa_(&mut views, factor, isa);
+        drop(views);
+        assert_eq!(
+            r.is_ok(),
+            valid,
+            "{} scale by {factor:e}: {r:?}",
+            isa.name()
+        );
+        for (before, after) in bufs.iter().zip(&scaled) {
+            match (before.grad(), after.grad()) {
+                (Grad::F32(b), Grad::F32(a)) => {
+                    for (x, y) in b.iter().zip(a) {
+                        let want = if valid {
+                            reference::scale_f32(*x, c)
+                        } else {
+                            *x
+                        };
+                        assert!(
+                            y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan()),
+                            "{} f32 {x:e} * {c:e}: got {y:e}, want {want:e}",
+                            isa.name()
+                        );
+                    }
+                }
+                (Grad::F16(b), Grad::F16(a)) => {
+                    for (x, y) in b.iter().zip(a) {
+                        let want = if valid {
+                            reference::scale_f16(*x, c)
+                        } else {
+                            *x
+                        };
+                        assert!(
+                            y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan()),
+                            "{} f16 {x} * {c:e}: got {y}, want {want}",
+                            isa.name()
+                        );
+                    }
+                }
+                (Grad::BF16(b), Grad::BF16(a)) => {
+                    for (x, y) in b.iter().zip(a) {
+                        let want = if valid {
+                            reference::scale_bf16(*x, c)
+                        } else {
+                            *x
+                        };
+                        assert!(
+                            y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan()),
+                            "{} bf16 {x} * {c:e}: got {y}, want {want}",
+                            isa.name()
+                        );
+                    }
+                }
+                _ => unreachable!("dtype changed"),
+            }
+        }
+    }
+}
+
+/// The library side of `gradclip norm` / `gradclip clip` on arbitrary bytes; see the crate docs.
+pub fn safetensors_cli(data: &[u8]) {
+    let layout = match st::parse(data) {
+        Ok(l) => l,
+        Err(e) => {
+            // `Format` means the safetensors crate rejected a file our own checks accepted.
+            assert!(!matches!(e, StError::Format(_)), "validation gap: {e}");
+            let msg = e.to_string();
+            assert!(
+                !msg.is_empty() && !msg.contains(['\n', '\r']),
+                "error not on one line: {msg:?}"
+            );
+            return;
+        }
+    };
+
+    // A layout that parsed is contiguous, in file order, and covers the data exactly.
+    let mut pos = 0usize;
+    for t in &layout.tensors {
+        assert_eq!(t.start, pos, "gap or overlap accepted");
+        let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        assert_eq!(
+            numel.and_then(|n| n.checked_mul(t.dtype.size_of())),
+            Some(t.end - t.start)
+        );
+        pos = t.end;
+    }
+    assert_eq!(layout.data_start.checked_add(pos), Some(data.len()));
+
+    let tensors: Vec<st::TensorData<'_>> = (0..layout.tensors.len())
+        .map(|i| st::tensor_data(data, &layout, i).expect("tensor of a parsed layout"))
+        .collect();
+    let grads: Vec<Grad<'_>> = tensors.iter().map(st::TensorData::grad).collect();
+
+    let mut l2_total = None;
+    for norm_type in [NormType::L2, NormType::L1, NormType::Inf] {
+        let s = st::norms(data, &layout, norm_type).expect("norms of a valid file");
+        assert_eq!(s.norms.len(), layout.tensors.len());
+        match &s.nonfinite {
+            None => {
+                assert!(s.total_norm.is_finite() && s.total_norm >= 0.0);
+                let want = reference::norm(&grads, norm_type);
+                check_value(s.total_norm, want, norm_type, "file total");
+                assert!(s.norms.iter().all(|n| n.is_finite() && *n >= 0.0));
+            }
+            Some(l) => {
+                assert!(!s.total_norm.is_finite());
+                let f = first_nonfinite(&grads).expect("a non-finite element");
+                assert_eq!((f.buffer, f.index), (l.tensor, l.index));
+                assert_eq!(layout.tensors[l.tensor].name, l.name);
+                assert!(!s.norms[l.tensor].is_finite());
+                assert!(!l.value.is_finite());
+            }
+        }
+        if norm_type == NormType::L2 {
+            l2_total = Some(s);
+        }
+    }
+    let norm = l2_total.expect("L2 computed");
+
+    let max_norm = [1e-3, 1.0, 1e30][data.len() % 3];
+    match st::clip(data, &layout, max_norm, NormType::L2) {
+        Ok(c) => {
+            assert!(norm.nonfinite.is_none());
+            assert_eq!(c.total_norm.to_bits(), norm.total_norm.to_bits());
+            assert!(c.clip_coef > 0.0 && c.clip_coef <= 1.0);
+            assert_eq!(c.clipped, c.clip_coef < 1.0);
+            let mut out = Vec::new();
+            c.write_to(data, &layout, &mut out).expect("write to a Vec");
+            assert_eq!(out.len(), data.len());
+            assert_eq!(out[..layout.data_start], data[..layout.data_start]);
+            if !c.clipped {
+                assert!(out == data, "clip_coef 1 must copy bit for bit");
+            }
+            let again = st::parse(&out).expect("clipped output parses");
+            assert_eq!(again, layout);
+            let after = st::norms(&out, &again, NormType::L2).expect("norms of the output");
+            assert!(
+                after.nonfinite.is_none(),
+                "clipping made a non-finite value"
+            );
+        }
+        Err(StError::NonFinite(l)) => {
+            let first = norm
+                .nonfinite
+                .expect("clip saw a non-finite element, norm did not");
+            assert_eq!((l.tensor, l.index), (first.tensor, first.index));
+        }
+        Err(e) => panic!("unexpected clip error on a valid file: {e}"),
+    }
+}

@@ -1,0 +1,857 @@
+//! Safetensors gradient dumps: strict validation, norms and clipping of a whole file.
+//!
+//! This is the library side of `gradclip norm` and `gradclip clip` (feature `cli`), kept out of
+//! the binary so fuzz targets and embedders reach the exact code path the command line runs.
+//! Printing and file handling stay in the binary.
+//!
+//! A file is `u64 little-endian header length N`, `N bytes of JSON header`, then the data section.
+//! [`parse`] checks everything before any number is computed: the header length, that the header
+//! is a UTF-8 JSON object, each tensor's dtype (F32, F16, BF16 only), shape and `data_offsets`
+//! (no overlap, no gap, no byte past the end, `product(shape) * size_of(dtype) == end - start`
+//! in checked arithmetic), and finally the `safetensors` crate's own validation on top.
+//!
+//! Tensors are kept in **file order**: ascending data offset, ties (zero-size tensors at the
+//! same offset) broken by their position in the header. The JSON map's own order is not used.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use half::{bf16, f16};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+
+use crate::clip::{clip_grad_norm_, clip_grads_with_norm_, ClipOptions, NonFinitePolicy};
+use crate::dtype::DType;
+use crate::error::Error;
+use crate::grads::{Grad, GradMut};
+use crate::norm::{first_nonfinite, per_buffer_partials, NormType};
+use crate::partial::NormPartial;
+
+/// Largest header the format allows (the `safetensors` crate's limit).
+pub const MAX_HEADER_LEN: u64 = 100_000_000;
+
+/// Why a file was rejected, or why a computation failed. Its [`fmt::Display`] is one line
+/// (control characters from the file are escaped).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum StError {
+    /// The file has no byte at all.
+    Empty,
+    /// The file ends before the 8-byte header length.
+    TooShort {
+        /// File size in bytes.
+        len: usize,
+    },
+    /// The header length is larger than [`MAX_HEADER_LEN`].
+    HeaderTooLong {
+        /// The declared header length.
+        header_len: u64,
+    },
+    /// The header length runs past the end of the file.
+    HeaderPastEnd {
+        /// The declared header length.
+        header_len: u64,
+        /// File size in bytes.
+        file_len: usize,
+    },
+    /// The header is not UTF-8, not JSON, or not a JSON object.
+    BadHeader(String),
+    /// A tensor entry is malformed (missing field, wrong type, duplicate name, ...).
+    BadTensor {
+        /// The tensor's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A tensor has a dtype other than F32, F16 or BF16.
+    UnsupportedDtype {
+        /// The tensor's name.
+        name: String,
+        /// The dtype string found in the header.
+        dtype: String,
+    },
+    /// `product(shape) * size_of(dtype)` differs from the byte range (or overflows).
+    ShapeMismatch {
+        /// The tensor's name.
+        name: String,
+        /// Bytes the shape and dtype need (`None` on overflow).
+        needed: Option<u64>,
+        /// Bytes the offsets give.
+        got: u64,
+    },
+    /// Two tensors' byte ranges overlap.
+    Overlap {
+        /// The earlier tensor in file order.
+        first: String,
+        /// The tensor starting inside it.
+        second: String,
+    },
+    /// Bytes of the data section belong to no tensor.
+    Gap {
+        /// First byte (data-section relative) not covered by a tensor.
+        at: u64,
+        /// The tensor after the gap.
+        before: String,
+    },
+    /// A tensor's bytes extend past the end of the file.
+    OutOfRange {
+        /// The tensor's name.
+        name: String,
+        /// Its end offset in the data section.
+        end: u64,
+        /// The data section's size.
+        data_len: u64,
+    },
+    /// Bytes after the last tensor.
+    TrailingBytes {
+        /// Where the last tensor ends.
+        data_end: u64,
+        /// The data section's size.
+        data_len: u64,
+    },
+    /// The `safetensors` crate rejected a file this module accepted (should not happen).
+    Format(String),
+    /// An argument is invalid (norm type, max norm), as the library reported it.
+    Invalid(Error),
+    /// A command-line argument could not be parsed.
+    Argument(String),
+    /// A tensor holds NaN or ±inf.
+    NonFinite(Located),
+}
+
+/// A non-finite element, located by tensor (file-order index and name) and flat index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located {
+    /// File-order index of the tensor.
+    pub tensor: usize,
+    /// The tensor's name.
+    pub name: String,
+    /// Row-major flat index inside the tensor.
+    pub index: usize,
+    /// The value: NaN, +inf or -inf.
+    pub value: f64,
+}
+
+impl Located {
+    /// `"NaN"`, `"inf"` or `"-inf"`.
+    pub fn value_str(&self) -> &'static str {
+        if self.value.is_nan() {
+            "NaN"
+        } else if self.value > 0.0 {
+            "inf"
+        } else {
+            "-inf"
+        }
+    }
+}
+
+/// `s` with control characters escaped, so a message built from file content stays on one line.
+pub fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl fmt::Display for StError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let q = |s: &str| one_line(s);
+        match self {
+            StError::Empty => write!(f, "the file is empty"),
+            StError::TooShort { len } => write!(
+                f,
+                "the file is truncated: {len} bytes, a safetensors file starts with an 8-byte header length"
+            ),
+            StError::HeaderTooLong { header_len } => write!(
+                f,
+                "header length {header_len} is absurd (the format allows at most {MAX_HEADER_LEN} bytes)"
+            ),
+            StError::HeaderPastEnd {
+                header_len,
+                file_len,
+            } => write!(
+                f,
+                "header length {header_len} runs past the end of the file ({file_len} bytes): truncated or not a safetensors file"
+            ),
+            StError::BadHeader(why) => write!(f, "corrupt header: {}", q(why)),
+            StError::BadTensor { name, reason } => {
+                write!(f, "tensor `{}`: {}", q(name), q(reason))
+            }
+            StError::UnsupportedDtype { name, dtype } => write!(
+                f,
+                "tensor `{}`: unsupported dtype `{}` (supported: F32, F16, BF16)",
+                q(name),
+                q(dtype)
+            ),
+            StError::ShapeMismatch { name, needed, got } => match needed {
+                Some(n) => write!(
+                    f,
+                    "tensor `{}`: shape and dtype need {n} bytes but data_offsets give {got}",
+                    q(name)
+                ),
+                None => write!(f, "tensor `{}`: shape is too large (overflow)", q(name)),
+            },
+            StError::Overlap { first, second } => write!(
+                f,
+                "tensors `{}` and `{}` have overlapping data_offsets",
+                q(first),
+                q(second)
+            ),
+            StError::Gap { at, before } => write!(
+                f,
+                "data bytes from offset {at} up to tensor `{}` belong to no tensor",
+                q(before)
+            ),
+            StError::OutOfRange {
+                name,
+                end,
+                data_len,
+            } => write!(
+                f,
+                "tensor `{}`: data_offsets end at {end}, past the end of the data ({data_len} bytes): truncated file?",
+                q(name)
+            ),
+            StError::TrailingBytes { data_end, data_len } => write!(
+                f,
+                "{} bytes after the last tensor (data ends at {data_end}, file data is {data_len} bytes)",
+                data_len.saturating_sub(*data_end)
+            ),
+            StError::Format(why) => write!(f, "invalid safetensors file: {}", q(why)),
+            StError::Invalid(e) => write!(f, "{e}"),
+            StError::Argument(why) => f.write_str(why),
+            StError::NonFinite(l) => write!(
+                f,
+                "non-finite value {} in tensor `{}` at index {}",
+                l.value_str(),
+                q(&l.name),
+                l.index
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StError {}
+
+/// One tensor of a validated file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    /// Its name in the header.
+    pub name: String,
+    /// Its element type.
+    pub dtype: DType,
+    /// Its shape (`[]` for a scalar).
+    pub shape: Vec<usize>,
+    /// Start of its bytes, relative to the data section.
+    pub start: usize,
+    /// End (exclusive) of its bytes, relative to the data section.
+    pub end: usize,
+}
+
+impl TensorInfo {
+    /// Number of elements (the product of the shape; 1 for a scalar).
+    pub fn numel(&self) -> usize {
+        self.end.saturating_sub(self.start) / self.dtype.size_of()
+    }
+
+    /// The dtype as spelled in safetensors headers (`F32`, `F16`, `BF16`).
+    pub fn dtype_str(&self) -> &'static str {
+        dtype_str(self.dtype)
+    }
+}
+
+/// The dtype as spelled in safetensors headers (`F32`, `F16`, `BF16`).
+pub fn dtype_str(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "F32",
+        DType::F16 => "F16",
+        DType::BF16 => "BF16",
+    }
+}
+
+/// The validated layout of a safetensors file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    /// Length of the JSON header in bytes.
+    pub header_len: usize,
+    /// Offset of the data section in the file (`8 + header_len`).
+    pub data_start: usize,
+    /// The tensors in file order.
+    pub tensors: Vec<TensorInfo>,
+    /// The `__metadata__` entries, sorted by key (`None` when absent). OUT gets the header
+    /// verbatim, so their order in the file is kept there.
+    pub metadata: Option<Vec<(String, String)>>,
+}
+
+/// The header's top-level entries in document order (serde_json's map would sort them).
+struct OrderedEntries(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for OrderedEntries {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OrderedEntries;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedEntries, A::Error> {
+                let mut v = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    v.push(entry);
+                }
+                Ok(OrderedEntries(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Walks a whole JSON document and fails on any object with a repeated key. serde_json keeps the
+/// last of repeated keys silently, while the `safetensors` crate's typed parse rejects some of
+/// them (a repeated `data_offsets`) and accepts others: a repeated key is refused outright.
+struct NoRepeatedKeys;
+
+impl<'de> serde::Deserialize<'de> for NoRepeatedKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NoRepeatedKeys;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_unit<E>(self) -> Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_none<E>(self) -> Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<NoRepeatedKeys, A::Error> {
+                while seq.next_element::<NoRepeatedKeys>()?.is_some() {}
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NoRepeatedKeys, A::Error> {
+                let mut keys = std::collections::HashSet::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    map.next_value::<NoRepeatedKeys>()?;
+                    if !keys.insert(k.clone()) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "key `{k}` appears twice in one object"
+                        )));
+                    }
+                }
+                Ok(NoRepeatedKeys)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn bad(name: &str, reason: impl Into<String>) -> StError {
+    StError::BadTensor {
+        name: name.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn as_usize(v: &Value) -> Option<usize> {
+    v.as_u64().and_then(|n| usize::try_from(n).ok())
+}
+
+/// One header entry → (dtype, shape, start, end), checking types and the size equation.
+fn tensor_entry(name: &str, v: &Value) -> Result<TensorInfo, StError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad(name, "entry is not a JSON object"))?;
+    let dtype_s = obj
+        .get("dtype")
+        .ok_or_else(|| bad(name, "missing `dtype`"))?
+        .as_str()
+        .ok_or_else(|| bad(name, "`dtype` is not a string"))?;
+    let dtype = match dtype_s {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        other => {
+            return Err(StError::UnsupportedDtype {
+                name: name.to_string(),
+                dtype: other.to_string(),
+            })
+        }
+    };
+    let shape = obj
+        .get("shape")
+        .ok_or_else(|| bad(name, "missing `shape`"))?
+        .as_array()
+        .ok_or_else(|| bad(name, "`shape` is not an array"))?
+        .iter()
+        .map(as_usize)
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| {
+            bad(
+                name,
+                "`shape` holds something other than non-negative integers",
+            )
+        })?;
+    let offsets = obj
+        .get("data_offsets")
+        .ok_or_else(|| bad(name, "missing `data_offsets`"))?
+        .as_array()
+        .ok_or_else(|| bad(name, "`data_offsets` is not an array"))?;
+    let (start, end) = match offsets.as_slice() {
+        [s, e] => (
+            as_usize(s).ok_or_else(|| bad(name, "`data_offsets` are not non-negative integers"))?,
+            as_usize(e).ok_or_else(|| bad(name, "`data_offsets` are not non-negative integers"))?,
+        ),
+        _ => return Err(bad(name, "`data_offsets` is not a pair [start, end]")),
+    };
+    if end < start {
+        return Err(bad(
+            name,
+            format!("data_offsets [{start}, {end}] end before they start"),
+        ));
+    }
+    let needed = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .and_then(|n| n.checked_mul(dtype.size_of()));
+    if needed != Some(end - start) {
+        return Err(StError::ShapeMismatch {
+            name: name.to_string(),
+            needed: needed.map(|n| n as u64),
+            got: (end - start) as u64,
+        });
+    }
+    Ok(TensorInfo {
+        name: name.to_string(),
+        dtype,
+        shape,
+        start,
+        end,
+    })
+}
+
+/// Validates a whole file (header and the layout of the data section) without reading any
+/// tensor data. Every malformed input gives an [`StError`]; nothing panics.
+pub fn parse(bytes: &[u8]) -> Result<Layout, StError> {
+    if bytes.is_empty() {
+        return Err(StError::Empty);
+    }
+    let len_bytes: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(StError::TooShort { len: bytes.len() })?;
+    let header_len64 = u64::from_le_bytes(len_bytes);
+    if header_len64 > MAX_HEADER_LEN {
+        return Err(StError::HeaderTooLong {
+            header_len: header_len64,
+        });
+    }
+    let past_end = StError::HeaderPastEnd {
+        header_len: header_len64,
+        file_len: bytes.len(),
+    };
+    let header_len = usize::try_from(header_len64).map_err(|_| past_end.clone())?;
+    let data_start = header_len.checked_add(8).ok_or(past_end.clone())?;
+    let header = bytes.get(8..data_start).ok_or(past_end)?;
+    let text = std::str::from_utf8(header)
+        .map_err(|e| StError::BadHeader(format!("header is not UTF-8: {e}")))?;
+    let entries: OrderedEntries = serde_json::from_str(text).map_err(|e| {
+        StError::BadHeader(if e.is_data() {
+            "header is not a JSON object".to_string()
+        } else {
+            format!("header is not valid JSON: {e}")
+        })
+    })?;
+    serde_json::from_str::<NoRepeatedKeys>(text)
+        .map_err(|e| StError::BadHeader(format!("header is ambiguous: {e}")))?;
+
+    let mut metadata = None;
+    let mut tensors: Vec<TensorInfo> = Vec::with_capacity(entries.0.len());
+    let mut seen = std::collections::HashSet::with_capacity(entries.0.len());
+    for (name, v) in &entries.0 {
+        if !seen.insert(name.as_str()) {
+            return Err(bad(name, "appears twice in the header"));
+        }
+        if name == "__metadata__" {
+            metadata = match v {
+                Value::Null => None,
+                Value::Object(m) => Some(
+                    m.iter()
+                        .map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| {
+                            StError::BadHeader("`__metadata__` values must be strings".into())
+                        })?,
+                ),
+                _ => {
+                    return Err(StError::BadHeader(
+                        "`__metadata__` is not a JSON object".into(),
+                    ))
+                }
+            };
+            continue;
+        }
+        tensors.push(tensor_entry(name, v)?);
+    }
+    // File order: by offsets; the stable sort keeps header order for equal offsets.
+    tensors.sort_by_key(|t| (t.start, t.end));
+
+    let data_len = bytes.len() - data_start;
+    let mut pos = 0usize;
+    let mut prev: Option<&TensorInfo> = None;
+    for t in &tensors {
+        if t.start < pos {
+            return Err(StError::Overlap {
+                first: prev.map(|p| p.name.clone()).unwrap_or_default(),
+                second: t.name.clone(),
+            });
+        }
+        if t.start > pos {
+            // Report a tensor ending past the file before calling the hole a gap.
+            if t.end > data_len {
+                return Err(StError::OutOfRange {
+                    name: t.name.clone(),
+                    end: t.end as u64,
+                    data_len: data_len as u64,
+                });
+            }
+            return Err(StError::Gap {
+                at: pos as u64,
+                before: t.name.clone(),
+            });
+        }
+        if t.end > data_len {
+            return Err(StError::OutOfRange {
+                name: t.name.clone(),
+                end: t.end as u64,
+                data_len: data_len as u64,
+            });
+        }
+        pos = t.end;
+        prev = Some(t);
+    }
+    if pos != data_len {
+        return Err(StError::TrailingBytes {
+            data_end: pos as u64,
+            data_len: data_len as u64,
+        });
+    }
+    // Defence in depth: the reference implementation of the format must agree.
+    safetensors::SafeTensors::read_metadata(bytes).map_err(|e| StError::Format(e.to_string()))?;
+    Ok(Layout {
+        header_len,
+        data_start,
+        tensors,
+        metadata,
+    })
+}
+
+/// A tensor's elements: borrowed from the file when aligned (little-endian hosts), else copied.
+#[derive(Debug, Clone)]
+pub enum TensorData<'a> {
+    /// F32 elements.
+    F32(Cow<'a, [f32]>),
+    /// F16 elements.
+    F16(Cow<'a, [f16]>),
+    /// BF16 elements.
+    BF16(Cow<'a, [bf16]>),
+}
+
+impl TensorData<'_> {
+    /// A read-only view for the norm functions.
+    pub fn grad(&self) -> Grad<'_> {
+        match self {
+            TensorData::F32(c) => Grad::F32(c),
+            TensorData::F16(c) => Grad::F16(c),
+            TensorData::BF16(c) => Grad::BF16(c),
+        }
+    }
+
+    /// An owned, writable copy.
+    pub fn into_owned(self) -> OwnedTensor {
+        match self {
+            TensorData::F32(c) => OwnedTensor::F32(c.into_owned()),
+            TensorData::F16(c) => OwnedTensor::F16(c.into_owned()),
+            TensorData::BF16(c) => OwnedTensor::BF16(c.into_owned()),
+        }
+    }
+}
+
+/// An owned tensor, as the clip path rewrites it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnedTensor {
+    /// F32 elements.
+    F32(Vec<f32>),
+    /// F16 elements.
+    F16(Vec<f16>),
+    /// BF16 elements.
+    BF16(Vec<bf16>),
+}
+
+impl OwnedTensor {
+    /// A mutable view for the clip functions.
+    pub fn grad_mut(&mut self) -> GradMut<'_> {
+        match self {
+            OwnedTensor::F32(v) => GradMut::F32(v),
+            OwnedTensor::F16(v) => GradMut::F16(v),
+            OwnedTensor::BF16(v) => GradMut::BF16(v),
+        }
+    }
+
+    /// Writes the elements as little-endian bytes.
+    pub fn write_le<W: std::io::Write + ?Sized>(&self, w: &mut W) -> std::io::Result<()> {
+        #[cfg(target_endian = "little")]
+        {
+            match self {
+                OwnedTensor::F32(v) => w.write_all(bytemuck::cast_slice(v)),
+                OwnedTensor::F16(v) => w.write_all(bytemuck::cast_slice(v)),
+                OwnedTensor::BF16(v) => w.write_all(bytemuck::cast_slice(v)),
+            }
+        }
+        #[cfg(not(target_endian = "little"))]
+        {
+            let bytes: Vec<u8> = match self {
+                OwnedTensor::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                OwnedTensor::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                OwnedTensor::BF16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            };
+            w.write_all(&bytes)
+        }
+    }
+}
+
+fn cast_or_copy<T: bytemuck::Pod, const N: usize>(
+    raw: &[u8],
+    from_le: fn([u8; N]) -> T,
+) -> Cow<'_, [T]> {
+    #[cfg(target_endian = "little")]
+    if let Ok(s) = bytemuck::try_cast_slice::<u8, T>(raw) {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(
+        raw.chunks_exact(N)
+            .map(|c| {
+                let mut a = [0u8; N];
+                a.copy_from_slice(c);
+                from_le(a)
+            })
+            .collect(),
+    )
+}
+
+/// The elements of tensor `i` of a file that [`parse`] accepted. Returns `None` for an index or
+/// a layout that does not fit `bytes` (never the case for the pair `parse` returned).
+pub fn tensor_data<'a>(bytes: &'a [u8], layout: &Layout, i: usize) -> Option<TensorData<'a>> {
+    let t = layout.tensors.get(i)?;
+    let raw = bytes
+        .get(layout.data_start.checked_add(t.start)?..layout.data_start.checked_add(t.end)?)?;
+    Some(match t.dtype {
+        DType::F32 => TensorData::F32(cast_or_copy(raw, f32::from_le_bytes)),
+        DType::F16 => TensorData::F16(cast_or_copy(raw, f16::from_le_bytes)),
+        DType::BF16 => TensorData::BF16(cast_or_copy(raw, bf16::from_le_bytes)),
+    })
+}
+
+fn all_tensor_data<'a>(bytes: &'a [u8], layout: &Layout) -> Result<Vec<TensorData<'a>>, StError> {
+    (0..layout.tensors.len())
+        .map(|i| {
+            tensor_data(bytes, layout, i)
+                .ok_or_else(|| StError::Format("layout does not match the file".into()))
+        })
+        .collect()
+}
+
+/// Parses a `--max-norm` value: a finite number > 0.
+pub fn parse_max_norm(s: &str) -> Result<f64, StError> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(StError::Argument(format!(
+            "invalid --max-norm `{}`: expected a finite number > 0",
+            one_line(s)
+        ))),
+    }
+}
+
+/// Parses a `--norm-type` value: `2`, `1`, `inf` or any finite `p > 0`.
+pub fn parse_norm_type(s: &str) -> Result<NormType, StError> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("inf") || t.eq_ignore_ascii_case("infinity") {
+        return Ok(NormType::Inf);
+    }
+    let bad = || {
+        StError::Argument(format!(
+            "invalid --norm-type `{}`: expected 2, 1, inf or a finite number > 0",
+            one_line(s)
+        ))
+    };
+    let p: f64 = t.parse().map_err(|_| bad())?;
+    if !(p.is_finite() && p > 0.0) {
+        return Err(bad());
+    }
+    Ok(if p == 1.0 {
+        NormType::L1
+    } else if p == 2.0 {
+        NormType::L2
+    } else {
+        NormType::P(p)
+    })
+}
+
+/// The exponent of a norm type: 1, 2, +inf or p.
+pub fn norm_exponent(n: NormType) -> f64 {
+    match n {
+        NormType::L1 => 1.0,
+        NormType::L2 => 2.0,
+        NormType::Inf => f64::INFINITY,
+        NormType::P(p) => p,
+    }
+}
+
+/// Per-tensor norms and the total of a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NormSummary {
+    /// The norm type used.
+    pub norm_type: NormType,
+    /// The total norm over all elements (NaN or +inf when an element is not finite).
+    pub total_norm: f64,
+    /// Each tensor's own norm, in file order (NaN or +inf when it holds a non-finite element).
+    pub norms: Vec<f64>,
+    /// The first non-finite element in file order.
+    pub nonfinite: Option<Located>,
+}
+
+fn locate(layout: &Layout, nf: crate::error::NonFinite) -> Located {
+    Located {
+        tensor: nf.buffer,
+        name: layout
+            .tensors
+            .get(nf.buffer)
+            .map(|t| t.name.clone())
+            .unwrap_or_default(),
+        index: nf.index,
+        value: nf.value,
+    }
+}
+
+/// Norms of every tensor and the total, in one pass over the data (`per_buffer_partials`).
+pub fn norms(bytes: &[u8], layout: &Layout, norm_type: NormType) -> Result<NormSummary, StError> {
+    let data = all_tensor_data(bytes, layout)?;
+    let grads: Vec<Grad<'_>> = data.iter().map(TensorData::grad).collect();
+    let mut out = vec![NormPartial::EMPTY; grads.len()];
+    let total = per_buffer_partials(&grads, norm_type, &mut out).map_err(StError::Invalid)?;
+    let nonfinite = if total.is_finite() {
+        None
+    } else {
+        first_nonfinite(&grads).map(|nf| locate(layout, nf))
+    };
+    Ok(NormSummary {
+        norm_type,
+        total_norm: total.finish(),
+        norms: out.iter().map(NormPartial::finish).collect(),
+        nonfinite,
+    })
+}
+
+/// `min(1, max_norm / (total_norm + 1e-6))`, from the library (nothing is scaled).
+pub fn clip_coefficient(max_norm: f64, total_norm: f64) -> Result<f64, StError> {
+    clip_grads_with_norm_(&mut [], max_norm, total_norm)
+        .map(|r| r.clip_coef)
+        .map_err(StError::Invalid)
+}
+
+/// The result of clipping a file in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clipped {
+    /// The norm type used.
+    pub norm_type: NormType,
+    /// The total norm before clipping.
+    pub total_norm: f64,
+    /// The requested maximum norm.
+    pub max_norm: f64,
+    /// `min(1, max_norm / (total_norm + 1e-6))`.
+    pub clip_coef: f64,
+    /// True when `clip_coef < 1` (the data was rescaled).
+    pub clipped: bool,
+    /// The tensors after clipping, in file order.
+    pub tensors: Vec<OwnedTensor>,
+}
+
+impl Clipped {
+    /// Writes the clipped file: the 8-byte length and header of `bytes` verbatim (names,
+    /// dtypes, shapes, offsets and `__metadata__` are unchanged), then the new data in file
+    /// order. When nothing was clipped the output equals `bytes` byte for byte.
+    pub fn write_to<W: std::io::Write + ?Sized>(
+        &self,
+        bytes: &[u8],
+        layout: &Layout,
+        w: &mut W,
+    ) -> std::io::Result<()> {
+        let head = bytes.get(..layout.data_start).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "layout does not match")
+        })?;
+        w.write_all(head)?;
+        for t in &self.tensors {
+            t.write_le(w)?;
+        }
+        Ok(())
+    }
+}
+
+/// Clips a validated file in memory: owned copies of every tensor go through
+/// [`clip_grad_norm_`] (policy [`NonFinitePolicy::Error`], eps 1e-6). A non-finite element gives
+/// [`StError::NonFinite`]; bad `max_norm` or norm type give [`StError::Invalid`].
+pub fn clip(
+    bytes: &[u8],
+    layout: &Layout,
+    max_norm: f64,
+    norm_type: NormType,
+) -> Result<Clipped, StError> {
+    // Validate the arguments before copying gigabytes.
+    clip_coefficient(max_norm, 0.0)?;
+    NormPartial::new(norm_type).map_err(StError::Invalid)?;
+    let mut tensors: Vec<OwnedTensor> = all_tensor_data(bytes, layout)?
+        .into_iter()
+        .map(TensorData::into_owned)
+        .collect();
+    let mut grads: Vec<GradMut<'_>> = tensors.iter_mut().map(OwnedTensor::grad_mut).collect();
+    let options = ClipOptions {
+        norm_type,
+        eps: 1e-6,
+        on_nonfinite: NonFinitePolicy::Error,
+    };
+    let report = clip_grad_norm_(&mut grads, max_norm, options).map_err(|e| match e {
+        Error::NonFinite(nf) => StError::NonFinite(locate(layout, nf)),
+        other => StError::Invalid(other),
+    })?;
+    drop(grads);
+    Ok(Clipped {
+        norm_type,
+        total_norm: report.total_norm,
+        max_norm,
+        clip_coef: report.clip_coef,
+        clipped: report.clip_coef < 1.0,
+        tensors,
+    })
+}
