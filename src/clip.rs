@@ -70,6 +70,22 @@ fn check_max_norm(max_norm: f64) -> Result<(), Error> {
     }
 }
 
+/// The clip coefficient `min(1, max_norm / (total_norm + eps))` in f64, as
+/// [`clip_grad_norm_`] computes it; a NaN propagates (`f64::min` would drop it). Validates
+/// `max_norm` (finite, > 0) and `eps` (finite, >= 0).
+///
+/// ```
+/// assert_eq!(gradclip::clip_coefficient(1.0, 12.5, 1e-6).unwrap(), 1.0 / (12.5 + 1e-6));
+/// assert_eq!(gradclip::clip_coefficient(1.0, 0.5, 1e-6).unwrap(), 1.0);
+/// ```
+pub fn clip_coefficient(max_norm: f64, total_norm: f64, eps: f64) -> Result<f64, Error> {
+    check_max_norm(max_norm)?;
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(Error::InvalidEps(eps));
+    }
+    Ok(coefficient(max_norm, total_norm, eps))
+}
+
 /// `min(1, max_norm / (total + eps))`, NaN propagating (`f64::min` would drop it).
 fn coefficient(max_norm: f64, total: f64, eps: f64) -> f64 {
     let c = max_norm / (total + eps);

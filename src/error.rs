@@ -39,7 +39,10 @@ impl fmt::Display for NonFinite {
 impl std::error::Error for NonFinite {}
 
 /// Everything that can go wrong in a gradclip call.
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// Equality compares the numbers in a variant by their bits, so an error carrying a NaN equals
+/// itself.
+#[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub enum Error {
     /// A gradient holds NaN or ±inf (and the policy asked for an error). Nothing was modified.
@@ -68,6 +71,34 @@ pub enum Error {
     },
     /// An instruction set was forced that this CPU (or this build) does not support.
     IsaUnavailable(crate::arch::Isa),
+}
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        use Error::*;
+        let same = |a: f64, b: f64| a.to_bits() == b.to_bits();
+        match (self, other) {
+            (NonFinite(a), NonFinite(b)) => a == b,
+            (InvalidNormType { p: a }, InvalidNormType { p: b }) => same(*a, *b),
+            (InvalidMaxNorm(a), InvalidMaxNorm(b))
+            | (InvalidEps(a), InvalidEps(b))
+            | (InvalidTotalNorm(a), InvalidTotalNorm(b))
+            | (InvalidFactor(a), InvalidFactor(b))
+            | (InvalidClipValue(a), InvalidClipValue(b)) => same(*a, *b),
+            (
+                LengthMismatch {
+                    expected: e1,
+                    got: g1,
+                },
+                LengthMismatch {
+                    expected: e2,
+                    got: g2,
+                },
+            ) => e1 == e2 && g1 == g2,
+            (IsaUnavailable(a), IsaUnavailable(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for Error {

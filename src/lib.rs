@@ -49,8 +49,8 @@ pub mod st;
 
 pub use arch::Isa;
 pub use clip::{
-    clip_grad_norm_, clip_grad_norm_with_isa_, clip_grad_value_, clip_grads_with_norm_, scale_,
-    scale_with_isa_, ClipOptions, ClipReport, NonFinitePolicy,
+    clip_coefficient, clip_grad_norm_, clip_grad_norm_with_isa_, clip_grad_value_,
+    clip_grads_with_norm_, scale_, scale_with_isa_, ClipOptions, ClipReport, NonFinitePolicy,
 };
 pub use dtype::{DType, Element};
 pub use error::{Error, NonFinite};

@@ -34,10 +34,32 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            // --help and --version are not errors; every other parse failure exits 2.
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
+            use clap::error::ErrorKind;
+            // --help and --version are not errors; a bare `gradclip` shows the help. Every other
+            // parse failure is one line on stderr (scripts read it) and exit code 2.
+            match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+                }
+                _ => {
+                    let text = e.render().to_string();
+                    let message: Vec<&str> = text
+                        .lines()
+                        .map(str::trim)
+                        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+                        .filter(|l| !l.is_empty())
+                        .collect();
+                    let message = message.join(" ");
+                    eprintln!(
+                        "gradclip: {} (see --help)",
+                        message.trim_start_matches("error: ")
+                    );
+                    return ExitCode::from(2);
+                }
+            }
         }
     };
     match cli.command {

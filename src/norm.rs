@@ -34,8 +34,8 @@ impl NormType {
         }
     }
 
-    /// The exponent: 1, 2, +inf or p.
-    pub(crate) fn exponent(self) -> f64 {
+    /// The exponent: 1 for L1, 2 for L2, +inf for Inf, p for `P(p)`.
+    pub fn exponent(self) -> f64 {
         match self {
             NormType::L1 => 1.0,
             NormType::L2 => 2.0,

@@ -20,7 +20,7 @@ use half::{bf16, f16};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
-use crate::clip::{clip_grad_norm_, clip_grads_with_norm_, ClipOptions, NonFinitePolicy};
+use crate::clip::{clip_grad_norm_, ClipOptions, NonFinitePolicy};
 use crate::dtype::DType;
 use crate::error::Error;
 use crate::grads::{Grad, GradMut};
@@ -719,16 +719,6 @@ pub fn parse_norm_type(s: &str) -> Result<NormType, StError> {
     })
 }
 
-/// The exponent of a norm type: 1, 2, +inf or p.
-pub fn norm_exponent(n: NormType) -> f64 {
-    match n {
-        NormType::L1 => 1.0,
-        NormType::L2 => 2.0,
-        NormType::Inf => f64::INFINITY,
-        NormType::P(p) => p,
-    }
-}
-
 /// Per-tensor norms and the total of a file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NormSummary {
@@ -776,8 +766,7 @@ pub fn norms(bytes: &[u8], layout: &Layout, norm_type: NormType) -> Result<NormS
 
 /// `min(1, max_norm / (total_norm + 1e-6))`, from the library (nothing is scaled).
 pub fn clip_coefficient(max_norm: f64, total_norm: f64) -> Result<f64, StError> {
-    clip_grads_with_norm_(&mut [], max_norm, total_norm)
-        .map(|r| r.clip_coef)
+    crate::clip_coefficient(max_norm, total_norm, ClipOptions::default().eps)
         .map_err(StError::Invalid)
 }
 

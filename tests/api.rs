@@ -182,6 +182,12 @@ fn validation_errors_are_values() {
         Err(Error::InvalidFactor(_))
     ));
     assert_eq!(v, vec![1.0f32; 3]);
+    // Errors carrying NaN compare equal to themselves.
+    assert_eq!(
+        Error::InvalidMaxNorm(f64::NAN),
+        Error::InvalidMaxNorm(f64::NAN)
+    );
+    assert_ne!(Error::InvalidMaxNorm(1.0), Error::InvalidEps(1.0));
     // Every error has a readable message.
     assert!(Error::InvalidMaxNorm(0.0).to_string().contains("max_norm"));
 }

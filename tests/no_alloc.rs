@@ -38,6 +38,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The counter is process-wide and the test harness runs tests on parallel threads: each test
+/// holds this lock for its whole body so it counts only its own allocations.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Data {
     a: Vec<f32>,
     b: Vec<f16>,
@@ -87,6 +91,7 @@ fn allocations(d: &mut Data, rounds: usize) -> usize {
 
 #[test]
 fn one_thread_allocates_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut d = data();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -97,6 +102,7 @@ fn one_thread_allocates_nothing() {
 
 #[test]
 fn two_threads_do_not_allocate_per_call() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut d = data();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)

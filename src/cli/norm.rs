@@ -161,7 +161,7 @@ fn bar(norm: f64, largest: f64, decades: f64) -> String {
     let eighths = eighths.max(1);
     const PARTS: [char; 8] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
     let mut s = "█".repeat(eighths / 8);
-    if eighths % 8 != 0 {
+    if !eighths.is_multiple_of(8) {
         s.push(PARTS[eighths % 8]);
     }
     s
@@ -208,7 +208,7 @@ fn print_table(
     max_norm: Option<f64>,
 ) -> io::Result<()> {
     let style = Style::detect();
-    let p = st::norm_exponent(s.norm_type);
+    let p = s.norm_type.exponent();
     let name = sio::norm_name(s.norm_type);
     let n = layout.tensors.len();
     let elements: u128 = layout.tensors.iter().map(|t| t.numel() as u128).sum();

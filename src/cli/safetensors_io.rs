@@ -159,7 +159,7 @@ pub fn write_atomically(
 
 /// The JSON value of `norm_type`: the number given (integers without `.0`) or `"inf"`.
 pub fn norm_type_json(n: NormType) -> serde_json::Value {
-    let p = st::norm_exponent(n);
+    let p = n.exponent();
     if p.is_infinite() {
         serde_json::Value::from("inf")
     } else if p.fract() == 0.0 && p.abs() < 9.0e15 {
