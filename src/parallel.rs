@@ -8,6 +8,7 @@
 //! Nothing is allocated: the partials live on the (rayon or caller) stack.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use crate::arch::{Kernel, Kernels};
 use crate::dtype::Element;
@@ -18,10 +19,23 @@ use crate::partial::{NormPartial, HAS_INF, HAS_NAN};
 /// Elements per chunk, the leaf of the reduction tree.
 pub(crate) const CHUNK: usize = 1 << 16;
 
-/// Below this many bytes a node runs on the calling thread. Measured on the 2-core development
-/// machine (see README, "Performance"): a `rayon::join` costs a few microseconds, a 1 MiB node
-/// takes about 40 µs per thread from memory.
+/// Below this many bytes a node of the tree runs on the calling thread (the default; see
+/// [`par_min_bytes`]). Measured on the 2-core development machine (README, "Performance").
 pub(crate) const PAR_MIN_BYTES: usize = 1 << 20;
+
+/// The fork threshold in force: [`PAR_MIN_BYTES`], or the environment variable
+/// `GRADCLIP_PAR_MIN_BYTES` read once on first use (for tuning on other machines). It only decides
+/// which nodes fork; the tree, and so every result bit, is the same for any value.
+#[inline]
+pub(crate) fn par_min_bytes() -> usize {
+    static VALUE: OnceLock<usize> = OnceLock::new();
+    *VALUE.get_or_init(|| {
+        std::env::var("GRADCLIP_PAR_MIN_BYTES")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(PAR_MIN_BYTES)
+    })
+}
 
 #[inline]
 fn join_if<A, B, RA, RB>(parallel: bool, a: A, b: B) -> (RA, RB)
@@ -127,7 +141,7 @@ fn reduce_buffer<T: Kernel>(ctx: &NormCtx<'_>, d: &[T]) -> NormPartial {
     }
     let mid = (d.len().div_ceil(CHUNK) / 2) * CHUNK;
     let (l, r) = d.split_at(mid);
-    let parallel = std::mem::size_of_val(d) >= PAR_MIN_BYTES;
+    let parallel = std::mem::size_of_val(d) >= par_min_bytes();
     let (a, b) = join_if(parallel, || reduce_buffer(ctx, l), || reduce_buffer(ctx, r));
     a.merge(b)
 }
@@ -161,7 +175,7 @@ pub(crate) fn reduce_set<G: AsGrad>(
             let mid = n / 2;
             let (gl, gr) = grads.split_at(mid);
             let parallel = may_fork
-                && grads.iter().map(|g| g.grad().byte_len()).sum::<usize>() >= PAR_MIN_BYTES;
+                && grads.iter().map(|g| g.grad().byte_len()).sum::<usize>() >= par_min_bytes();
             let (a, b) = match out {
                 Some(o) => {
                     let (ol, or) = o.split_at_mut(mid);
@@ -190,7 +204,7 @@ fn scale_buffer<T: Kernel>(k: &Kernels, d: &mut [T], c: f32) {
         return;
     }
     let mid = (d.len().div_ceil(CHUNK) / 2) * CHUNK;
-    let parallel = std::mem::size_of_val(d) >= PAR_MIN_BYTES;
+    let parallel = std::mem::size_of_val(d) >= par_min_bytes();
     let (l, r) = d.split_at_mut(mid);
     join_if(parallel, || scale_buffer(k, l, c), || scale_buffer(k, r, c));
 }
@@ -206,7 +220,7 @@ pub(crate) fn scale_set(k: &Kernels, grads: &mut [GradMut<'_>], c: f32, may_fork
         },
         n => {
             let parallel = may_fork
-                && grads.iter().map(|g| g.as_grad().byte_len()).sum::<usize>() >= PAR_MIN_BYTES;
+                && grads.iter().map(|g| g.as_grad().byte_len()).sum::<usize>() >= par_min_bytes();
             let (gl, gr) = grads.split_at_mut(n / 2);
             join_if(
                 parallel,
