@@ -53,8 +53,16 @@ fn main() -> ExitCode {
                         .filter(|l| !l.is_empty())
                         .collect();
                     let message = message.join(" ");
+                    // Same prefix as the commands' own errors: `gradclip clip: ...`.
+                    let sub = std::env::args()
+                        .nth(1)
+                        .filter(|a| ["demo", "norm", "clip", "bench"].contains(&a.as_str()));
+                    let prefix = match sub {
+                        Some(s) => format!("gradclip {s}"),
+                        None => "gradclip".to_string(),
+                    };
                     eprintln!(
-                        "gradclip: {} (see --help)",
+                        "{prefix}: {} (see --help)",
                         message.trim_start_matches("error: ")
                     );
                     return ExitCode::from(2);

@@ -26,25 +26,17 @@ pub struct ClipArgs {
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
     /// The largest allowed total norm (required; a finite number > 0).
-    #[arg(long, value_name = "X", allow_hyphen_values = true, num_args = 0..=1, default_missing_value = "")]
+    #[arg(long, value_name = "X", allow_hyphen_values = true)]
     pub max_norm: Option<String>,
     /// Where to write the clipped file (required).
-    #[arg(
-        short = 'o',
-        long = "output",
-        value_name = "OUT",
-        num_args = 0..=1,
-        default_missing_value = ""
-    )]
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<std::ffi::OsString>,
     /// Norm type: 2, 1, inf, or any finite p > 0.
     #[arg(
         long,
         value_name = "P",
         default_value = "2",
-        allow_hyphen_values = true,
-        num_args = 0..=1,
-        default_missing_value = ""
+        allow_hyphen_values = true
     )]
     pub norm_type: String,
     /// Print one JSON object instead of a sentence.

@@ -28,9 +28,7 @@ pub struct NormArgs {
         long,
         value_name = "P",
         default_value = "2",
-        allow_hyphen_values = true,
-        num_args = 0..=1,
-        default_missing_value = ""
+        allow_hyphen_values = true
     )]
     pub norm_type: String,
     /// Print one JSON object instead of the table.
@@ -40,7 +38,7 @@ pub struct NormArgs {
     #[arg(long, value_name = "K", default_value_t = 25)]
     pub top: usize,
     /// Also show the clip coefficient `gradclip clip --max-norm X` would apply.
-    #[arg(long, value_name = "X", allow_hyphen_values = true, num_args = 0..=1, default_missing_value = "")]
+    #[arg(long, value_name = "X", allow_hyphen_values = true)]
     pub max_norm: Option<String>,
 }
 
