@@ -72,6 +72,22 @@ struct Row {
     extra: Option<(&'static str, f64)>,
 }
 
+impl Row {
+    /// A row from interleaved medians `[roofline, kernel, naive]` in seconds per call.
+    fn measured(op: &'static str, dtype: DType, bytes: usize, threads: usize, t: &[f64]) -> Row {
+        Row {
+            op,
+            dtype,
+            bytes,
+            threads,
+            gbps: gbps(bytes, t[1]),
+            roofline_gbps: gbps(bytes, t[0]),
+            naive_gbps: gbps(bytes, t[2]),
+            extra: None,
+        }
+    }
+}
+
 /// Runs `f` enough times per sample to last ≥ 20 ms, returns seconds per call.
 fn sample(f: &mut dyn FnMut(), reps: usize) -> f64 {
     let t = Instant::now();
@@ -205,16 +221,7 @@ fn bench_dtype<T: Wrap>(
                 },
             ],
         );
-        rows.push(Row {
-            op,
-            dtype,
-            bytes,
-            threads,
-            gbps: gbps(bytes, t[1]),
-            roofline_gbps: gbps(bytes, t[0]),
-            naive_gbps: gbps(bytes, t[2]),
-            extra: None,
-        });
+        rows.push(Row::measured(op, dtype, bytes, threads, &t));
     }
 
     // Scale pass: alternate factors so the values stay in range over many samples.
@@ -239,16 +246,7 @@ fn bench_dtype<T: Wrap>(
                 },
             ],
         );
-        rows.push(Row {
-            op: "scale",
-            dtype,
-            bytes,
-            threads,
-            gbps: gbps(bytes, t[1]),
-            roofline_gbps: gbps(bytes, t[0]),
-            naive_gbps: gbps(bytes, t[2]),
-            extra: None,
-        });
+        rows.push(Row::measured("scale", dtype, bytes, threads, &t));
     }
 
     // Clip with nothing to clip: must cost what the norm costs.
@@ -274,16 +272,7 @@ fn bench_dtype<T: Wrap>(
                 },
             ],
         );
-        rows.push(Row {
-            op: "clip_noop",
-            dtype,
-            bytes,
-            threads,
-            gbps: gbps(bytes, t[1]),
-            roofline_gbps: gbps(bytes, t[0]),
-            naive_gbps: gbps(bytes, t[2]),
-            extra: None,
-        });
+        rows.push(Row::measured("clip_noop", dtype, bytes, threads, &t));
     }
     if !filter.op("clip") {
         return;
@@ -328,16 +317,7 @@ fn bench_dtype<T: Wrap>(
             },
         ],
     );
-    rows.push(Row {
-        op: "clip",
-        dtype,
-        bytes,
-        threads,
-        gbps: gbps(bytes, clean[1]),
-        roofline_gbps: gbps(bytes, clean[0]),
-        naive_gbps: gbps(bytes, clean[2]),
-        extra: None,
-    });
+    rows.push(Row::measured("clip", dtype, bytes, threads, &clean));
 }
 
 /// 10,000 buffers of 100..10,000 elements against one buffer of the same bytes.
