@@ -73,3 +73,8 @@ mod toolkit_error;
 pub use toolkit_error::ToolkitError;
 #[cfg(feature = "linalg")]
 pub mod rnn;
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
