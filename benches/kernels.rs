@@ -7,7 +7,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gradclip::baseline::{naive_sum_sq_f32, naive_sum_sq_f64, read_roofline_par, rmw_roofline_par};
 use gradclip::{
-    bf16, clip_grad_norm_, f16, get_total_norm, scale_, ClipOptions, Element, Grad, GradMut,
+    bf16, clip_grad_norm_, f16, get_total_norm, scale_, ClipOptions, DType, Element, Grad, GradMut,
     NormType,
 };
 
@@ -18,6 +18,17 @@ fn pool(t: usize) -> rayon::ThreadPool {
         .num_threads(t)
         .build()
         .unwrap()
+}
+
+/// Thread counts to measure at a size. Entering a pool from outside costs tens of microseconds
+/// (a cross-thread wake-up), more than a cache-resident call itself, so cache-resident sizes
+/// are measured on the calling thread only (where the library keeps them anyway).
+fn thread_counts(size: usize) -> &'static [usize] {
+    if size < (4 << 20) {
+        &[]
+    } else {
+        &[1, 2]
+    }
 }
 
 fn values<T: Element>(bytes: usize) -> Vec<T> {
@@ -37,7 +48,10 @@ fn rooflines(
     raw: &[u8],
     size: usize,
 ) {
-    for t in [1, 2] {
+    g.bench_with_input(BenchmarkId::new("read_roofline", size), raw, |b, r| {
+        b.iter(|| read_roofline_par(black_box(r), 1))
+    });
+    for &t in thread_counts(size) {
         let p = pool(t);
         g.bench_with_input(
             BenchmarkId::new(format!("read_roofline_{t}t"), size),
@@ -47,74 +61,65 @@ fn rooflines(
     }
 }
 
-macro_rules! norm_group {
-    ($fn:ident, $t:ty, $wrap:path, $name:literal) => {
-        fn $fn(c: &mut Criterion) {
-            let mut g = c.benchmark_group($name);
-            for size in SIZES {
-                let v: Vec<$t> = values(size);
-                let raw: Vec<u8> = bytemuck::cast_slice(&v).to_vec();
-                g.throughput(Throughput::Bytes(size as u64));
-                for t in [1, 2] {
-                    let p = pool(t);
-                    g.bench_with_input(
-                        BenchmarkId::new(format!("gradclip_{t}t"), size),
-                        &v,
-                        |b, v| {
-                            b.iter(|| {
-                                p.install(|| get_total_norm(&[$wrap(black_box(v))], NormType::L2))
-                            })
-                        },
-                    );
-                }
-                g.bench_with_input(BenchmarkId::new("naive_f64", size), &v, |b, v| {
-                    b.iter(|| {
-                        black_box(v)
-                            .iter()
-                            .map(|x| (x.to_f32() as f64) * (x.to_f32() as f64))
-                            .sum::<f64>()
-                    })
-                });
-                rooflines(&mut g, &raw, size);
-            }
-            g.finish();
-        }
-    };
-}
-norm_group!(norm_l2_f16, f16, Grad::F16, "norm_l2_f16");
-norm_group!(norm_l2_bf16, bf16, Grad::BF16, "norm_l2_bf16");
-
-fn norm_l2_f32(c: &mut Criterion) {
-    let mut g = c.benchmark_group("norm_l2_f32");
+/// L2 norm of one buffer of `T`: gradclip (calling thread, misaligned start, 1 and 2 threads
+/// from memory), the naive loops and the read rooflines, in one group.
+fn norm_group<T: Element>(c: &mut Criterion, name: &str)
+where
+    for<'a> Grad<'a>: From<&'a [T]>,
+{
+    let mut g = c.benchmark_group(name);
     for size in SIZES {
-        let v: Vec<f32> = values(size);
+        let v: Vec<T> = values(size);
         let raw: Vec<u8> = bytemuck::cast_slice(&v).to_vec();
         g.throughput(Throughput::Bytes(size as u64));
-        for t in [1, 2] {
+        g.bench_with_input(BenchmarkId::new("gradclip", size), &v, |b, v| {
+            b.iter(|| get_total_norm(&[Grad::from(black_box(v.as_slice()))], NormType::L2))
+        });
+        // Misaligned start: one element in.
+        g.bench_with_input(BenchmarkId::new("gradclip_misaligned", size), &v, |b, v| {
+            b.iter(|| get_total_norm(&[Grad::from(black_box(&v[1..]))], NormType::L2))
+        });
+        for &t in thread_counts(size) {
             let p = pool(t);
             g.bench_with_input(
                 BenchmarkId::new(format!("gradclip_{t}t"), size),
                 &v,
                 |b, v| {
                     b.iter(|| {
-                        p.install(|| get_total_norm(&[Grad::F32(black_box(v))], NormType::L2))
+                        p.install(|| {
+                            get_total_norm(&[Grad::from(black_box(v.as_slice()))], NormType::L2)
+                        })
                     })
                 },
             );
         }
-        // Misaligned start: one element in.
-        g.bench_with_input(BenchmarkId::new("gradclip_misaligned", size), &v, |b, v| {
-            b.iter(|| get_total_norm(&[Grad::F32(black_box(&v[1..]))], NormType::L2))
-        });
-        g.bench_with_input(BenchmarkId::new("naive_f32", size), &v, |b, v| {
-            b.iter(|| naive_sum_sq_f32(black_box(v)))
-        });
+        if T::DTYPE == DType::F32 {
+            let f: &[f32] = bytemuck::cast_slice(&v);
+            g.bench_with_input(BenchmarkId::new("naive_f32", size), f, |b, f| {
+                b.iter(|| naive_sum_sq_f32(black_box(f)))
+            });
+        }
         g.bench_with_input(BenchmarkId::new("naive_f64", size), &v, |b, v| {
-            b.iter(|| naive_sum_sq_f64(black_box(v)))
+            b.iter(|| {
+                black_box(v)
+                    .iter()
+                    .map(|x| (x.to_f32() as f64) * (x.to_f32() as f64))
+                    .sum::<f64>()
+            })
         });
         rooflines(&mut g, &raw, size);
     }
     g.finish();
+}
+
+fn norm_l2_f32(c: &mut Criterion) {
+    norm_group::<f32>(c, "norm_l2_f32");
+}
+fn norm_l2_f16(c: &mut Criterion) {
+    norm_group::<f16>(c, "norm_l2_f16");
+}
+fn norm_l2_bf16(c: &mut Criterion) {
+    norm_group::<bf16>(c, "norm_l2_bf16");
 }
 
 macro_rules! scale_group {
@@ -125,7 +130,17 @@ macro_rules! scale_group {
                 let mut v: Vec<$t> = values(size);
                 let mut w: Vec<f32> = vec![0.5; size / 4];
                 g.throughput(Throughput::Bytes(size as u64));
-                for t in [1, 2] {
+                let mut flip = false;
+                g.bench_function(BenchmarkId::new("gradclip", size), |b| {
+                    b.iter(|| {
+                        flip = !flip;
+                        scale_(&mut [$wrap(&mut v)], if flip { 0.999 } else { 1.0 / 0.999 })
+                    })
+                });
+                g.bench_function(BenchmarkId::new("rmw_roofline", size), |b| {
+                    b.iter(|| rmw_roofline_par(black_box(&mut w), black_box(1.0), 1))
+                });
+                for &t in thread_counts(size) {
                     let p = pool(t);
                     let mut flip = false;
                     g.bench_function(BenchmarkId::new(format!("gradclip_{t}t"), size), |b| {
@@ -182,10 +197,12 @@ fn clip_f32(c: &mut Criterion) {
                 r
             })
         });
+        // gradclip runs on the calling thread below 256 KiB and on the global pool above.
+        let t = if size < (4 << 20) { 1 } else { 2 };
         g.bench_function(BenchmarkId::new("roofline_read_plus_rmw", size), |b| {
             b.iter(|| {
-                black_box(read_roofline_par(black_box(&raw), 2));
-                rmw_roofline_par(black_box(&mut w), black_box(1.0), 2);
+                black_box(read_roofline_par(black_box(&raw), t));
+                rmw_roofline_par(black_box(&mut w), black_box(1.0), t);
             })
         });
     }
