@@ -2,7 +2,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use crate::arch::{Isa, Kernels};
+use crate::arch::{Isa, Kernel, Kernels};
 use crate::dtype::Element;
 use crate::error::{Error, NonFinite};
 use crate::grads::{AsGrad, Grad};
@@ -186,10 +186,20 @@ pub fn buffer_norm(grad: Grad<'_>, norm_type: NormType) -> Result<f64, Error> {
     get_total_norm(&[grad], norm_type)
 }
 
-fn first_in<T: Element>(d: &[T]) -> Option<(usize, f64)> {
-    d.iter()
-        .position(|x| x.is_nonfinite())
-        .map(|i| (i, d[i].to_f32() as f64))
+/// First non-finite element of `d`: the vectorised max-abs kernel finds the first 4096-element
+/// block that holds one, a scalar scan finds the element inside it.
+fn first_in<T: Kernel>(d: &[T]) -> Option<(usize, f64)> {
+    const BLOCK: usize = 4096;
+    let max_abs = T::max_abs(Kernels::selected());
+    d.chunks(BLOCK)
+        .enumerate()
+        .find(|(_, block)| max_abs(block) >= T::INF_BITS)
+        .and_then(|(b, block)| {
+            block
+                .iter()
+                .position(|x| x.is_nonfinite())
+                .map(|i| (b * BLOCK + i, block[i].to_f32() as f64))
+        })
 }
 
 /// The first NaN or ±inf in buffer order (lowest buffer index, then lowest element index).

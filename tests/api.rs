@@ -273,3 +273,23 @@ fn sharded_partials_merge_to_the_global_norm() {
         assert_eq!(received[0].norm_type(), Some(nt));
     }
 }
+
+#[test]
+fn first_nonfinite_across_scan_blocks() {
+    let n = sized(20_000);
+    for pos in [0, 4095, 4096, 4097, 8191, n - 1] {
+        for bad in [f32::NAN, f32::NEG_INFINITY] {
+            let mut v = vec![1.0f32; n];
+            v[pos] = bad;
+            v[n - 1] = f32::INFINITY; // a later one must not be reported
+            let b = gradclip::bf16::from_f32(bad);
+            let mut w = vec![gradclip::bf16::from_f32(1.0); n];
+            w[pos] = b;
+            let got = gradclip::first_nonfinite(&[Grad::from(&v)]).unwrap();
+            assert_eq!((got.buffer, got.index), (0, pos));
+            let got = gradclip::first_nonfinite(&[Grad::from(&v[..0]), Grad::from(&w)]).unwrap();
+            assert_eq!((got.buffer, got.index), (1, pos));
+            assert_eq!(got.value.is_nan(), bad.is_nan());
+        }
+    }
+}
