@@ -4,7 +4,9 @@ use crate::arch::{Isa, Kernels};
 use crate::dtype::Element;
 use crate::error::{Error, NonFinite};
 use crate::grads::GradMut;
-use crate::norm::{any_nan_from, first_nonfinite_or_panic_free, short_circuit_partial, NormType};
+use crate::norm::{
+    any_nan_from, finite_norm, first_nonfinite_or_panic_free, short_circuit_partial, NormType,
+};
 use crate::parallel::{reduce_set, scale_set, NormCtx};
 
 /// What [`clip_grad_norm_`] does when a gradient holds NaN or ±inf.
@@ -190,7 +192,9 @@ fn clip_impl(
             nonfinite: Some(first),
         });
     }
-    let total = part.finish();
+    // A finite input whose norm overflows f64 (a P norm with small p) is refused rather than
+    // turned into a zero coefficient that would wipe every gradient.
+    let total = finite_norm(&part)?;
     let clip_coef = coefficient(max_norm, total, eps);
     let clipped = apply(k, grads, clip_coef);
     Ok(ClipReport {

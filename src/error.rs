@@ -52,6 +52,12 @@ pub enum Error {
         /// The rejected exponent.
         p: f64,
     },
+    /// The norm of finite gradients exceeds the f64 range. Only a P norm with a small exponent
+    /// can do this (`(Σ|x|^p)^(1/p)` grows like `n^(1/p)`); L1, L2 and Inf never overflow.
+    NormOverflow {
+        /// The exponent of the norm.
+        p: f64,
+    },
     /// `max_norm` is not a finite number greater than zero.
     InvalidMaxNorm(f64),
     /// `eps` is not a finite number greater than or equal to zero.
@@ -79,7 +85,8 @@ impl PartialEq for Error {
         let same = |a: f64, b: f64| a.to_bits() == b.to_bits();
         match (self, other) {
             (NonFinite(a), NonFinite(b)) => a == b,
-            (InvalidNormType { p: a }, InvalidNormType { p: b }) => same(*a, *b),
+            (InvalidNormType { p: a }, InvalidNormType { p: b })
+            | (NormOverflow { p: a }, NormOverflow { p: b }) => same(*a, *b),
             (InvalidMaxNorm(a), InvalidMaxNorm(b))
             | (InvalidEps(a), InvalidEps(b))
             | (InvalidTotalNorm(a), InvalidTotalNorm(b))
@@ -108,6 +115,10 @@ impl fmt::Display for Error {
             Error::InvalidNormType { p } => {
                 write!(f, "invalid norm type: p must be finite and > 0, got {p}")
             }
+            Error::NormOverflow { p } => write!(
+                f,
+                "the norm with p = {p} of these finite gradients exceeds the f64 range"
+            ),
             Error::InvalidMaxNorm(v) => {
                 write!(f, "invalid max_norm {v}: must be finite and > 0")
             }

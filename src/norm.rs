@@ -71,7 +71,8 @@ fn kernels(isa: Option<Isa>) -> Result<&'static Kernels, Error> {
 /// Finite input gives a finite result, within 1e-14 relative of the exact value for L2 and L1
 /// (exact for Inf, 1e-12 for P), with the same bits for any thread count and any ISA. A NaN or ±inf
 /// stops the work early and returns [`Error::NonFinite`] naming the first such element in buffer
-/// order.
+/// order. A P norm whose exact value exceeds f64 (only possible for a small `p`) returns
+/// [`Error::NormOverflow`].
 ///
 /// ```
 /// use gradclip::{get_total_norm, Grad, NormType};
@@ -102,9 +103,22 @@ fn total_norm_impl<G: AsGrad>(
 ) -> Result<f64, Error> {
     let part = short_circuit_partial(grads, norm_type, isa)?;
     if part.is_finite() {
-        Ok(part.finish())
+        finite_norm(&part)
     } else {
         Err(Error::NonFinite(first_nonfinite_or_panic_free(grads)))
+    }
+}
+
+/// The value of a partial that saw only finite input, or [`Error::NormOverflow`] when that value
+/// exceeds f64 (possible only for P norms with a small exponent).
+pub(crate) fn finite_norm(part: &NormPartial) -> Result<f64, Error> {
+    let v = part.finish();
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(Error::NormOverflow {
+            p: part.norm_type().map_or(f64::NAN, NormType::exponent),
+        })
     }
 }
 

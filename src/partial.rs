@@ -176,7 +176,9 @@ impl NormPartial {
         NormPartial::from_scaled_sum(p, scale, s, c)
     }
 
-    /// The norm value: NaN if a NaN went in, +inf if an inf (and no NaN) went in.
+    /// The norm value: NaN if a NaN went in, +inf if an inf (and no NaN) went in. A P norm of
+    /// finite input whose value exceeds f64 (small `p` only) also gives +inf; tell the two apart
+    /// with [`NormPartial::is_finite`].
     pub fn finish(&self) -> f64 {
         match self.nonfinite {
             FINITE => {}

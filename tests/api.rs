@@ -293,3 +293,39 @@ fn first_nonfinite_across_scan_blocks() {
         }
     }
 }
+
+#[test]
+fn p_norm_overflow_is_an_error_not_a_zero_coefficient() {
+    // (Σ 1^p)^(1/p) = n^(1/p) = 10000^100 = 1e400: beyond f64 although every element is 1.
+    let mut v = vec![1.0f32; 10_000];
+    let nt = NormType::P(0.01);
+    assert_eq!(
+        get_total_norm(&[Grad::from(&v)], nt),
+        Err(Error::NormOverflow { p: 0.01 })
+    );
+    let opts = ClipOptions {
+        norm_type: nt,
+        ..ClipOptions::default()
+    };
+    for policy in [NonFinitePolicy::Error, NonFinitePolicy::Skip] {
+        let r = clip_grad_norm_(
+            &mut [GradMut::from(&mut v)],
+            1.0,
+            ClipOptions {
+                on_nonfinite: policy,
+                ..opts
+            },
+        );
+        assert_eq!(r, Err(Error::NormOverflow { p: 0.01 }));
+        assert!(v.iter().all(|&x| x == 1.0), "nothing may be written");
+    }
+    assert!(Error::NormOverflow { p: 0.01 }
+        .to_string()
+        .contains("exceeds"));
+    // The partial says its input was finite although its value is not.
+    let part = total_norm_partial(&[Grad::from(&v)], nt).unwrap();
+    assert!(part.is_finite() && part.finish().is_infinite());
+    // A moderate p on the same data is fine.
+    let n = get_total_norm(&[Grad::from(&v)], NormType::P(0.5)).unwrap();
+    assert!(rel_err(n, 1e8) < 1e-12);
+}
