@@ -69,6 +69,7 @@ struct Row {
     gbps: f64,
     roofline_gbps: f64,
     naive_gbps: f64,
+    /// Table-only comparison (many_small: one buffer of the same bytes).
     extra: Option<(&'static str, f64)>,
 }
 
@@ -376,22 +377,46 @@ fn bench_many_small(rows: &mut Vec<Row>, threads: usize, samples: usize) {
     });
 }
 
+/// The ops of the JSON schema (`gradclip bench --json`); the full clip row is table-only.
+const JSON_OPS: [&str; 6] = [
+    "norm_l2",
+    "norm_l1",
+    "norm_inf",
+    "scale",
+    "clip_noop",
+    "many_small",
+];
+
+/// One `--json` line, fields in the documented order.
+#[derive(serde::Serialize)]
+struct JsonRow {
+    op: &'static str,
+    dtype: &'static str,
+    bytes: usize,
+    threads: usize,
+    gbps: f64,
+    roofline_gbps: f64,
+    ratio_to_roofline: f64,
+    naive_gbps: f64,
+}
+
 fn print_row(r: &Row, json: bool) {
     if json {
-        let mut o = serde_json::json!({
-            "op": r.op,
-            "dtype": r.dtype.name(),
-            "bytes": r.bytes,
-            "threads": r.threads,
-            "gbps": r.gbps,
-            "roofline_gbps": r.roofline_gbps,
-            "ratio_to_roofline": r.gbps / r.roofline_gbps,
-            "naive_gbps": r.naive_gbps,
-        });
-        if let Some((k, v)) = r.extra {
-            o[k] = serde_json::json!(v);
+        if !JSON_OPS.contains(&r.op) {
+            return;
         }
-        println!("{o}");
+        let row = JsonRow {
+            op: r.op,
+            dtype: r.dtype.name(),
+            bytes: r.bytes,
+            threads: r.threads,
+            gbps: r.gbps,
+            roofline_gbps: r.roofline_gbps,
+            ratio_to_roofline: r.gbps / r.roofline_gbps,
+            naive_gbps: r.naive_gbps,
+        };
+        // Same spacing as `norm --json` and `clip --json`.
+        let _ = super::safetensors_io::print_json(&row);
     } else {
         let extra = match r.extra {
             Some((_, v)) => format!("  one buffer {v:6.1} GB/s ({:.2}×)", r.gbps / v),
