@@ -20,5 +20,7 @@ mod zclip;
 pub use agc::{agc_, AgcOptions, AgcReport};
 pub use autoclip::AutoClip;
 pub use detector::{GradientMonitor, MonitorConfig, Observation, Symptom, Symptoms, Verdict};
-pub use ring::{EmaStats, Ring};
-pub use zclip::{ZClip, ZClipConfig, ZClipDecision, ZClipMode};
+pub use ring::{EmaStats, Ring, MAX_WINDOW};
+pub use zclip::{
+    ZClip, ZClipConfig, ZClipDecision, ZClipMode, ZCLIP_MAX_WARMUP, ZCLIP_MIN_REL_STD,
+};
