@@ -949,7 +949,7 @@ fn absurd_sizes_are_errors_not_panics() {
     let mut rng = Rng::new(0);
     assert!(SpectralNorm::new(&w, usize::MAX, 2, 1, &mut rng).is_err());
     assert!(SpectralNorm::new(&w, 1 << 40, 1 << 40, 1, &mut rng).is_err());
-    assert!(set_spectral_norm_(&mut vec![1.0f32; 4], usize::MAX, 3, 1.0, 1, &mut rng).is_err());
+    assert!(set_spectral_norm_(&mut [1.0f32; 4], usize::MAX, 3, 1.0, 1, &mut rng).is_err());
     let a = vec![1.0f64; 4];
     assert!(spectral_radius_power(&a, usize::MAX, 1, 1, &mut rng).is_err());
     assert!(spectral_radius_power(&a, 1 << 33, 1, 1, &mut rng).is_err());

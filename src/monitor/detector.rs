@@ -198,7 +198,7 @@ impl MonitorConfig {
         positive("loss_spike_ratio", self.loss_spike_ratio)?;
         positive("param_divergence_factor", self.param_divergence_factor)?;
         positive("oscillation_amplitude", self.oscillation_amplitude)?;
-        if !(self.loss_spike_ratio > 1.0) {
+        if self.loss_spike_ratio <= 1.0 {
             return Err(ToolkitError::param(
                 "loss_spike_ratio",
                 self.loss_spike_ratio,
