@@ -10,7 +10,7 @@
 //! (4) the advisor applied to the undefended run. Outputs: the terminal report, `flow.svg`,
 //! `norms.svg`, `loss.svg`, `runs.csv` and `norms.csv` in `--out`.
 //!
-//! The default budget (4000 SGD steps per run, about 20–30 s on two cores) is enough for the
+//! The default budget (4000 SGD steps per run, about 30 s on two cores) is enough for the
 //! well-conditioned runs to start solving the adding problem; short budgets (`--steps 100`) show
 //! the stability effects only, and the report says when no run learned the dependency.
 
@@ -492,10 +492,27 @@ fn print_alerts(out: &[(RunSpec, TrainOutcome)]) {
         .collect();
     if !finite_alerting.is_empty() {
         println!(
-            "   False alarms: runs that stayed finite still raised alerts — {}. The explosion rule fires on \
-             every σ=1.5 run at step 0 (the initial ‖g‖ is above the threshold 100), so it cannot tell a \
-             diverging run from a clipped one.",
+            "   False alarms: runs that stayed finite still raised alerts — {}.",
             finite_alerting.join(", ")
+        );
+    }
+    let step0: Vec<&str> = out
+        .iter()
+        .filter(|(_, o)| {
+            o.records
+                .first()
+                .is_some_and(|r| r.symptoms.contains(Symptom::Explosion))
+        })
+        .map(|(s, _)| s.key)
+        .collect();
+    if out
+        .iter()
+        .any(|(s, o)| o.nan_step.is_none() && step0.contains(&s.key))
+    {
+        println!(
+            "   The explosion rule fired at step 0 in ({}): the initial ‖g‖ is above the threshold 100 whether \
+             or not the run is clipped, so on its own it cannot tell a diverging run from a healthy one.",
+            step0.join("), (")
         );
     }
     println!();
