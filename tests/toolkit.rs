@@ -939,6 +939,7 @@ fn absurd_sizes_are_errors_not_panics() {
         ));
     }
     assert!(Ring::new(usize::MAX).is_err());
+    assert!(AutoClip::with_capacity(10.0, usize::MAX).is_err());
     assert!(Ring::new(0).is_err());
     assert!(ZClip::new(ZClipConfig {
         warmup_steps: usize::MAX,

@@ -1,6 +1,7 @@
 //! Detection of exploding gradients and adaptive clipping policies. Pure logic: nothing here
 //! prints, and nothing allocates per step except [`AutoClip`]'s history (which the method
-//! defines) and [`agc_`]'s per-row factor list.
+//! defines; [`AutoClip::with_capacity`] reserves it up front) and [`agc_`]'s per-row factor
+//! list. `tests/toolkit_no_alloc.rs` checks this under a counting allocator.
 //!
 //! - [`GradientMonitor`]: symptoms of the reference table (non-finite, explosion, rapid growth,
 //!   loss spike, parameter divergence, oscillating loss) and an EMA z-score spike score.
