@@ -1075,8 +1075,10 @@ fn agc_treats_a_vector_as_one_unit() {
 
 #[test]
 fn orthogonal_applies_the_sign_fix() {
-    // Regenerate the Gaussian orthogonal_ draws from the same seed; with the sign fix
-    // R = QᵀA has a positive diagonal (Q Haar-distributed); without it, about half would be < 0.
+    // Regenerate the Gaussian orthogonal_ draws from the same seed: R = QᵀA must have a positive
+    // diagonal (Q Haar-distributed). nalgebra's QR already guarantees this, so removing the
+    // explicit sign fix does not break this test; the unit test of `haar_sign_fix` in
+    // src/stabilize/init.rs does break.
     for &(rows, cols, gain) in &[(32usize, 32usize, 1.0), (40, 12, 2.0), (12, 40, 1.0)] {
         let mut w = vec![0.0f32; rows * cols];
         orthogonal_(&mut w, rows, cols, gain, &mut Rng::new(17)).unwrap();
