@@ -84,7 +84,8 @@ pub struct RnnGrads {
 }
 
 impl RnnGrads {
-    /// Zero gradients for hidden size `hidden`.
+    /// Zero gradients for hidden size `hidden` (an existing [`Rnn`]'s, at most [`MAX_HIDDEN`];
+    /// panics on a size overflow like `vec!`).
     pub fn zeros(hidden: usize) -> Self {
         RnnGrads {
             w_xh: vec![0.0; hidden * INPUT],
@@ -150,12 +151,22 @@ pub enum RecurrentInit {
     ScaledOrthogonal(f64),
 }
 
+/// The largest hidden size [`Rnn::new`] accepts (`W_hh` is then 64 MiB of f32).
+pub const MAX_HIDDEN: usize = 4096;
+
+/// The largest number of input values of one [`AddingBatch`] (1 GiB of f32).
+const MAX_BATCH_ELEMS: usize = 1 << 28;
+
 impl Rnn {
     /// A network of hidden size `hidden` with `W_hh` from `init`, drawn from `rng`.
     pub fn new(hidden: usize, init: RecurrentInit, rng: &mut Rng) -> Result<Self, ToolkitError> {
         use crate::stabilize::{orthogonal_, xavier_uniform_};
-        if hidden == 0 {
-            return Err(ToolkitError::param("hidden", 0.0, "at least 1"));
+        if !(1..=MAX_HIDDEN).contains(&hidden) {
+            return Err(ToolkitError::param(
+                "hidden",
+                hidden as f64,
+                "in 1..=MAX_HIDDEN (4096)",
+            ));
         }
         let mut rnn = Rnn {
             hidden,
@@ -233,7 +244,16 @@ impl AddingBatch {
         if seq_len < 4 {
             return Err(ToolkitError::param("seq_len", seq_len as f64, "at least 4"));
         }
-        let mut inputs = vec![0.0f32; batch * seq_len * INPUT];
+        let len = batch
+            .checked_mul(seq_len)
+            .and_then(|n| n.checked_mul(INPUT))
+            .filter(|&n| n <= MAX_BATCH_ELEMS)
+            .ok_or(ToolkitError::param(
+                "batch × seq_len",
+                batch as f64 * seq_len as f64,
+                "at most 2^28 input values",
+            ))?;
+        let mut inputs = vec![0.0f32; len];
         let mut targets = vec![0.0f32; batch];
         let half = seq_len / 2;
         let (first_end, second_start, second_end) = match layout {

@@ -1,7 +1,12 @@
 //! The error type of the toolkit modules ([`crate::monitor`], [`crate::stabilize`], [`crate::rnn`]).
 //!
 //! The kernels report [`crate::Error`]; the toolkit wraps it and adds the argument checks of its own
-//! (shapes, thresholds, percentiles). No toolkit function panics on a bad argument.
+//! (shapes, thresholds, percentiles). No toolkit function panics on a bad argument: windows and
+//! buffer sizes are bounded (e.g. [`crate::monitor::MAX_WINDOW`]), size products use checked
+//! arithmetic, and shapes are validated before anything is allocated, so absurd arguments
+//! (`usize::MAX` windows, shapes whose product overflows) return a [`ToolkitError`]. The one
+//! exception is [`crate::rnn::RnnGrads::zeros`], an infallible constructor that is only ever
+//! given the hidden size of an existing (hence validated) [`crate::rnn::Rnn`].
 
 use std::fmt;
 

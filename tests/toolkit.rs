@@ -5,10 +5,11 @@
 
 use gradclip::advisor::{advise, Action, RunFacts};
 use gradclip::monitor::{
-    agc_, AgcOptions, AutoClip, GradientMonitor, MonitorConfig, Observation, Symptom, ZClip,
-    ZClipConfig, ZClipMode,
+    agc_, AgcOptions, AutoClip, EmaStats, GradientMonitor, MonitorConfig, Observation, Ring,
+    Symptom, ZClip, ZClipConfig, ZClipMode, ZCLIP_MIN_REL_STD,
 };
 use gradclip::rng::Rng;
+use gradclip::rnn::{AddingBatch, MarkerLayout, RecurrentInit, Rnn};
 use gradclip::stabilize::{
     normal_, orthogonal_, set_spectral_norm_, spectral_normalize_, spectral_radius_exact,
     spectral_radius_power, xavier_uniform_, zeros_, SpectralNorm,
@@ -280,7 +281,7 @@ impl ZRef {
             }
             return self.cfg.max_norm.filter(|m| g > *m);
         }
-        let std = self.var.sqrt();
+        let std = self.var.sqrt().max(self.cfg.min_rel_std * self.mean.abs());
         let z = (g - self.mean) / (std + self.cfg.eps);
         let clip = if z > self.cfg.z_thresh {
             Some(match self.cfg.mode {
@@ -293,9 +294,11 @@ impl ZRef {
         } else {
             None
         };
-        let x = clip.unwrap_or(g);
-        self.mean = self.cfg.alpha * self.mean + (1.0 - self.cfg.alpha) * x;
-        self.var = self.cfg.alpha * self.var + (1.0 - self.cfg.alpha) * (x - self.mean).powi(2);
+        if !(clip.is_some() && self.cfg.skip_update_on_spike) {
+            let x = clip.unwrap_or(g);
+            self.mean = self.cfg.alpha * self.mean + (1.0 - self.cfg.alpha) * x;
+            self.var = self.cfg.alpha * self.var + (1.0 - self.cfg.alpha) * (x - self.mean).powi(2);
+        }
         match (clip, self.cfg.max_norm) {
             (Some(c), Some(m)) => Some(c.min(m)),
             (Some(c), None) => Some(c),
@@ -307,14 +310,23 @@ impl ZRef {
 
 #[test]
 fn zclip_matches_direct_recomputation() {
-    for (mode, max_norm) in [
-        (ZClipMode::AdaptiveScaling, None),
-        (ZClipMode::Mean, None),
-        (ZClipMode::AdaptiveScaling, Some(2.0)),
+    for (mode, max_norm, skip, floor) in [
+        (ZClipMode::AdaptiveScaling, None, false, ZCLIP_MIN_REL_STD),
+        (ZClipMode::Mean, None, false, ZCLIP_MIN_REL_STD),
+        (
+            ZClipMode::AdaptiveScaling,
+            Some(2.0),
+            false,
+            ZCLIP_MIN_REL_STD,
+        ),
+        (ZClipMode::AdaptiveScaling, None, true, ZCLIP_MIN_REL_STD),
+        (ZClipMode::AdaptiveScaling, None, false, 0.5), // the floor active on every step
     ] {
         let cfg = ZClipConfig {
             mode,
             max_norm,
+            skip_update_on_spike: skip,
+            min_rel_std: floor,
             ..ZClipConfig::default()
         };
         let mut z = ZClip::new(cfg).unwrap();
@@ -364,6 +376,7 @@ fn zclip_validates_and_clips() {
     .is_err());
     let mut z = ZClip::new(ZClipConfig {
         warmup_steps: 5,
+        max_norm: None,
         ..ZClipConfig::default()
     })
     .unwrap();
@@ -512,6 +525,34 @@ fn spectral_norm_rejects_bad_shapes() {
     let mut sz = SpectralNorm::new(&z, 2, 3, 1, &mut rng).unwrap();
     assert_eq!(spectral_normalize_(&mut z, &mut sz).unwrap(), 0.0);
     assert!(z.iter().all(|x| *x == 0.0));
+    // u never collapses to the zero vector (PyTorch's u does, and σ then stays 0 forever) ...
+    let nu: f64 = sz.u().iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((nu - 1.0).abs() < 1e-12, "‖u‖ = {nu}");
+    // ... so once W is non-zero, σ recovers: rank one, σ = ‖(1, 2)‖ · ‖(1, 2, 3)‖.
+    let w1 = vec![1.0f32, 2.0, 3.0, 2.0, 4.0, 6.0];
+    let s1 = sz.sigma(&w1).unwrap();
+    let exact = 5f64.sqrt() * 14f64.sqrt();
+    assert!((s1 - exact).abs() < 1e-9 * exact, "{s1} vs {exact}");
+}
+
+#[test]
+fn spectral_norm_rejects_nonfinite_without_changing_state() {
+    let mut rng = Rng::new(8);
+    let w = vec![1.0f32, 0.5, -0.25, 2.0];
+    let mut sn = SpectralNorm::new(&w, 2, 2, 1, &mut rng).unwrap();
+    let (u0, v0) = (sn.u().to_vec(), sn.v().to_vec());
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut wb = w.clone();
+        wb[2] = bad;
+        assert!(matches!(
+            sn.sigma(&wb),
+            Err(ToolkitError::InvalidParameter { .. })
+        ));
+        assert!(spectral_normalize_(&mut wb, &mut sn).is_err());
+        assert_eq!((sn.u(), sn.v()), (&u0[..], &v0[..]), "state unchanged");
+        assert!(SpectralNorm::new(&wb, 2, 2, 1, &mut rng).is_err());
+    }
+    assert!(sn.sigma(&w).unwrap().is_finite());
 }
 
 // ---------------------------------------------------------------- initialisers
@@ -758,4 +799,310 @@ fn rng_is_reproducible_and_normal() {
         "{counts:?}"
     );
     assert_eq!(r.below(0), 0);
+}
+
+// ---------------------------------------------------------------- review fixes
+
+/// Gamma(4, μ/4): a positive loss with coefficient of variation exactly 0.5.
+fn gamma4(rng: &mut Rng, mean: f64) -> f64 {
+    let e: f64 = (0..4).map(|_| -(1.0 - rng.uniform()).ln()).sum();
+    e * mean / 4.0
+}
+
+#[test]
+fn monitor_loss_rules_ignore_iid_batch_noise() {
+    // i.i.d. mini-batch losses, CV 0.5, around a mean falling slowly from 1 to 0.5.
+    let mut m = monitor();
+    let mut rng = Rng::new(21);
+    let n = 4000;
+    let mut flagged = Vec::new();
+    for i in 0..n {
+        let mean = 1.0 - 0.5 * i as f64 / n as f64;
+        let v = m.observe(Observation::norm(1.0).with_loss(gamma4(&mut rng, mean)));
+        if v.symptoms.contains(Symptom::LossSpike) || v.symptoms.contains(Symptom::OscillatingLoss)
+        {
+            flagged.push((i, v.symptoms));
+        }
+    }
+    assert!(flagged.is_empty(), "noise flagged: {flagged:?}");
+
+    // A genuine spike: ×10 over the current level.
+    let v = m.observe(Observation::norm(1.0).with_loss(5.0));
+    assert!(v.symptoms.contains(Symptom::LossSpike), "{v:?}");
+
+    // A divergent oscillation: alternating with growing amplitude, exp(±0.15 k).
+    let mut m = monitor();
+    let mut rng = Rng::new(22);
+    for _ in 0..50 {
+        m.observe(Observation::norm(1.0).with_loss(1.0 + 0.01 * rng.uniform()));
+    }
+    let mut first = None;
+    for k in 0..60 {
+        let sign = if k % 2 == 0 { 1.0 } else { -1.0 };
+        let loss = (sign * 0.15 * k as f64).exp();
+        let v = m.observe(Observation::norm(1.0).with_loss(loss));
+        if v.symptoms.contains(Symptom::OscillatingLoss) && first.is_none() {
+            first = Some(k);
+        }
+    }
+    let first = first.expect("the divergent oscillation is flagged");
+    assert!(first < 30, "flagged late, at {first}");
+
+    // A noisy but converging run with a zig-zag does not count: the trend falls.
+    let mut m = monitor();
+    for k in 0..200 {
+        let base = 2.0 * 0.98f64.powi(k);
+        let loss = if k % 2 == 0 { base * 1.6 } else { base * 0.4 };
+        let v = m.observe(Observation::norm(1.0).with_loss(loss));
+        assert!(!v.symptoms.contains(Symptom::OscillatingLoss), "step {k}");
+    }
+}
+
+#[test]
+fn monitor_edge_cases_are_handled() {
+    // Negative losses: a rise of 0.5 over a level of −10 (noise 0.1) is no spike; a jump to +25 is.
+    let mut m = monitor();
+    let mut rng = Rng::new(23);
+    for _ in 0..100 {
+        m.observe(Observation::norm(1.0).with_loss(-10.0 + 0.1 * rng.uniform()));
+    }
+    let v = m.observe(Observation::norm(1.0).with_loss(-9.4));
+    assert!(!v.symptoms.contains(Symptom::LossSpike), "{v:?}");
+    let v = m.observe(Observation::norm(1.0).with_loss(25.0));
+    assert!(v.symptoms.contains(Symptom::LossSpike), "{v:?}");
+
+    // A zero first parameter norm (zero init) does not disable the divergence rule.
+    let mut m = monitor();
+    assert!(m
+        .observe(Observation::norm(1.0).with_param_norm(0.0))
+        .is_healthy());
+    assert!(m
+        .observe(Observation::norm(1.0).with_param_norm(1.0))
+        .is_healthy());
+    let v = m.observe(Observation::norm(1.0).with_param_norm(20.0));
+    assert!(v.symptoms.contains(Symptom::ParameterDivergence), "{v:?}");
+
+    // Zero norms are not folded into the log statistics: the next non-zero norm scores sanely.
+    let mut m = monitor();
+    let mut rng = Rng::new(24);
+    for i in 0..60 {
+        let g = if i % 3 == 0 {
+            0.0
+        } else {
+            1.0 + 0.1 * rng.uniform()
+        };
+        let v = m.observe(Observation::norm(g));
+        assert!(v.spike_score.abs() < 10.0, "step {i}: {}", v.spike_score);
+    }
+
+    // A negative norm is an invalid observation and changes no statistic.
+    let mut m = monitor();
+    for _ in 0..12 {
+        m.observe(Observation::norm(1.0));
+    }
+    let v = m.observe(Observation::norm(-3.0));
+    assert!(v.symptoms.contains(Symptom::InvalidObservation), "{v:?}");
+    assert!(!v.symptoms.contains(Symptom::NonFinite));
+    let v = m.observe(Observation::norm(1.0));
+    assert_eq!(v.growth, Some(1.0 / (1.0 + 1e-8)));
+    assert!(v.is_healthy());
+    let v = m.observe(Observation::norm(1.0).with_param_norm(-1.0));
+    assert!(v.symptoms.contains(Symptom::InvalidObservation));
+
+    // EMA variance is bias-corrected: after 1 and 2, v = 0.05 · 0.95², weight 0.05.
+    let mut e = EmaStats::new(0.95);
+    e.update(1.0);
+    assert_eq!(e.std(), 0.0);
+    e.update(2.0);
+    assert!((e.std() - 0.95).abs() < 1e-12, "{}", e.std());
+}
+
+#[test]
+fn absurd_sizes_are_errors_not_panics() {
+    for cfg in [
+        MonitorConfig {
+            growth_window: usize::MAX,
+            ..MonitorConfig::default()
+        },
+        MonitorConfig {
+            oscillation_window: usize::MAX,
+            ..MonitorConfig::default()
+        },
+        MonitorConfig {
+            loss_spike_ratio: 1.0,
+            ..MonitorConfig::default()
+        },
+    ] {
+        assert!(matches!(
+            GradientMonitor::new(cfg),
+            Err(ToolkitError::InvalidParameter { .. })
+        ));
+    }
+    assert!(Ring::new(usize::MAX).is_err());
+    assert!(AutoClip::with_capacity(10.0, usize::MAX).is_err());
+    assert!(Ring::new(0).is_err());
+    assert!(ZClip::new(ZClipConfig {
+        warmup_steps: usize::MAX,
+        ..ZClipConfig::default()
+    })
+    .is_err());
+    let w = vec![1.0f32; 4];
+    let mut rng = Rng::new(0);
+    assert!(SpectralNorm::new(&w, usize::MAX, 2, 1, &mut rng).is_err());
+    assert!(SpectralNorm::new(&w, 1 << 40, 1 << 40, 1, &mut rng).is_err());
+    assert!(set_spectral_norm_(&mut [1.0f32; 4], usize::MAX, 3, 1.0, 1, &mut rng).is_err());
+    let a = vec![1.0f64; 4];
+    assert!(spectral_radius_power(&a, usize::MAX, 1, 1, &mut rng).is_err());
+    assert!(spectral_radius_power(&a, 1 << 33, 1, 1, &mut rng).is_err());
+    assert!(spectral_radius_exact(&a, 1 << 33).is_err());
+    let mut w = vec![0.0f32; 4];
+    assert!(orthogonal_(&mut w, usize::MAX, 2, 1.0, &mut rng).is_err());
+    assert!(xavier_uniform_(&mut w, 1 << 40, 1 << 40, 1.0, &mut rng).is_err());
+    assert!(Rnn::new(usize::MAX, RecurrentInit::ScaledOrthogonal(1.0), &mut rng).is_err());
+    assert!(AddingBatch::sample(usize::MAX, 50, MarkerLayout::Early, &mut rng).is_err());
+    assert!(AddingBatch::sample(1 << 30, 1 << 30, MarkerLayout::Early, &mut rng).is_err());
+}
+
+#[test]
+fn zclip_does_not_freeze_on_constant_warmup() {
+    let cfg = ZClipConfig {
+        max_norm: None,
+        ..ZClipConfig::default()
+    };
+    let mut z = ZClip::new(cfg).unwrap();
+    for _ in 0..cfg.warmup_steps {
+        assert_eq!(z.observe(1.0).threshold, None);
+    }
+    assert_eq!(z.stats(), Some((1.0, 0.0)));
+    // A spike is still clipped to about μ ...
+    let d = z.observe(10.0);
+    assert!(d.spike);
+    let t = d.threshold.unwrap();
+    assert!((1.0..1.01).contains(&t), "{t}");
+    // ... and an ordinary norm right after is left alone.
+    assert_eq!(z.observe(1.0).threshold, None);
+    // A slow rise (0.5 % per step) is followed, not clipped to the warm-up mean forever.
+    let mut clipped = 0;
+    let mut g = 1.0;
+    for _ in 0..400 {
+        g *= 1.005;
+        clipped += usize::from(z.observe(g).threshold.is_some());
+    }
+    let (mu, _) = z.stats().unwrap();
+    assert!(mu > 0.8 * g, "μ = {mu} vs norm {g}");
+    assert!(clipped < 20, "{clipped} of 400 steps clipped");
+
+    // Without the floor (the authors' code) it freezes: the check above is not vacuous.
+    let mut frozen = ZClip::new(ZClipConfig {
+        min_rel_std: 0.0,
+        ..cfg
+    })
+    .unwrap();
+    for _ in 0..cfg.warmup_steps {
+        frozen.observe(1.0);
+    }
+    let mut g = 1.0;
+    for _ in 0..400 {
+        g *= 1.005;
+        frozen.observe(g);
+    }
+    assert!(frozen.stats().unwrap().0 < 1.01);
+
+    // skip_update_on_spike keeps the statistics on a spike step.
+    let mut s = ZClip::new(ZClipConfig {
+        skip_update_on_spike: true,
+        warmup_steps: 3,
+        ..cfg
+    })
+    .unwrap();
+    for x in [1.0, 1.2, 0.8] {
+        s.observe(x);
+    }
+    let before = s.stats();
+    assert!(s.observe(50.0).spike);
+    assert_eq!(s.stats(), before);
+}
+
+#[test]
+fn published_defaults() {
+    let z = ZClipConfig::default();
+    assert_eq!(z.alpha, 0.97);
+    assert_eq!(z.z_thresh, 2.5);
+    assert_eq!(z.warmup_steps, 25);
+    assert_eq!(z.eps, 1e-6);
+    assert_eq!(z.mode, ZClipMode::AdaptiveScaling);
+    assert_eq!(z.clip_factor, 1.0);
+    assert_eq!(z.max_norm, Some(1.0), "the authors' max_grad_norm");
+    assert!(!z.skip_update_on_spike);
+    assert_eq!(z.min_rel_std, ZCLIP_MIN_REL_STD);
+    assert_eq!(AutoClip::DEFAULT_PERCENTILE, 10.0);
+    let a = AgcOptions::default();
+    assert_eq!((a.clipping, a.eps), (0.01, 1e-3));
+    // With the cap, a norm of 1.5 during warm-up is clipped to 1.
+    let mut zc = ZClip::new(z).unwrap();
+    assert_eq!(zc.observe(1.5).threshold, Some(1.0));
+    assert_eq!(zc.observe(0.5).threshold, None);
+}
+
+#[test]
+fn agc_treats_a_vector_as_one_unit() {
+    // A bias of 2 elements: one unit, cols = len. ‖w‖ = 1, ‖g‖ = 5 → clipped to 0.01 · 1.
+    let w = [0.6f32, 0.8];
+    let mut g = [3.0f32, 4.0];
+    let r = agc_(&w, &mut g, w.len(), AgcOptions::default()).unwrap();
+    assert_eq!((r.rows, r.clipped_rows), (1, 1));
+    assert!(
+        (g[0] - 0.006).abs() < 1e-7 && (g[1] - 0.008).abs() < 1e-7,
+        "{g:?}"
+    );
+    // The whole-vector rule keeps the direction of g; element-wise units (cols = 1) would not.
+    let mut g1 = [3.0f32, 4.0];
+    agc_(&w, &mut g1, 1, AgcOptions::default()).unwrap();
+    assert!((g1[0] - 0.006).abs() < 1e-7 && (g1[1] - 0.008).abs() < 1e-7);
+    let w0 = [0.0f32, 1.0];
+    let (mut gv, mut ge) = ([1.0f32, 1.0], [1.0f32, 1.0]);
+    agc_(&w0, &mut gv, 2, AgcOptions::default()).unwrap();
+    agc_(&w0, &mut ge, 1, AgcOptions::default()).unwrap();
+    assert!(
+        (gv[0] - gv[1]).abs() < 1e-9,
+        "one unit: direction kept {gv:?}"
+    );
+    assert!(
+        ge[0] < 0.1 * ge[1],
+        "per element: the zero weight clips harder {ge:?}"
+    );
+}
+
+#[test]
+fn orthogonal_applies_the_sign_fix() {
+    // Regenerate the Gaussian orthogonal_ draws from the same seed: R = QᵀA must have a positive
+    // diagonal (Q Haar-distributed). nalgebra's QR already guarantees this, so removing the
+    // explicit sign fix does not break this test; the unit test of `haar_sign_fix` in
+    // src/stabilize/init.rs does break.
+    for &(rows, cols, gain) in &[(32usize, 32usize, 1.0), (40, 12, 2.0), (12, 40, 1.0)] {
+        let mut w = vec![0.0f32; rows * cols];
+        orthogonal_(&mut w, rows, cols, gain, &mut Rng::new(17)).unwrap();
+        let mut a = vec![0.0f64; rows * cols];
+        Rng::new(17).fill_normal_f64(&mut a, 1.0);
+        let q = DMatrix::from_row_slice(
+            rows,
+            cols,
+            &w.iter().map(|x| *x as f64 / gain).collect::<Vec<_>>(),
+        );
+        let a = DMatrix::from_row_slice(rows, cols, &a);
+        // Tall: A = QR with Q = W/gain. Wide: Aᵀ = Q'R with Q' = (W/gain)ᵀ.
+        let r = if rows >= cols {
+            q.transpose() * &a
+        } else {
+            &q * a.transpose()
+        };
+        let n = rows.min(cols);
+        for j in 0..n {
+            assert!(
+                r[(j, j)] > 1e-3,
+                "{rows}×{cols}: R[{j},{j}] = {}",
+                r[(j, j)]
+            );
+        }
+    }
 }

@@ -10,8 +10,13 @@
 //!
 //! Defaults λ = 0.01 (`clipping`), eps = 1e-3 (so that zero-initialised rows can still move).
 //! Row norms come from the crate's compensated kernels ([`crate::buffer_norm`]) and rows are
-//! scaled with [`crate::scale_`]. Biases and other vectors are a matrix with one column
-//! (`cols = 1`, every element its own unit), as in the reference implementation.
+//! scaled with [`crate::scale_`].
+//!
+//! Vectors (biases, gains) are **one unit**: pass `cols = len` (a single row), so the whole
+//! vector's norm is compared with the whole weight vector's norm. This is what the reference
+//! implementations do — the NFNets code and timm's `unitwise_norm` take the full norm of any
+//! tensor with at most one dimension. Passing `cols = 1` would clip every bias element against
+//! its own (often zero, hence `eps`) weight, which is a different and much harsher rule.
 //!
 //! ```
 //! use gradclip::monitor::{agc_, AgcOptions};

@@ -72,6 +72,18 @@ impl AutoClip {
         })
     }
 
+    /// Like [`AutoClip::new`], with room for `capacity` norms reserved up front, so that the first
+    /// `capacity` calls of [`AutoClip::observe`] allocate nothing (errors if the reservation
+    /// fails, e.g. for an absurd `capacity`).
+    pub fn with_capacity(percentile: f64, capacity: usize) -> Result<Self, ToolkitError> {
+        let mut ac = AutoClip::new(percentile)?;
+        let fail = |_| ToolkitError::param("capacity", capacity as f64, "an allocatable size");
+        // Either heap may hold every value.
+        ac.low.try_reserve_exact(capacity).map_err(fail)?;
+        ac.high.try_reserve_exact(capacity).map_err(fail)?;
+        Ok(ac)
+    }
+
     /// The percentile in use.
     pub fn percentile(&self) -> f64 {
         self.percentile

@@ -1,6 +1,7 @@
 //! Detection of exploding gradients and adaptive clipping policies. Pure logic: nothing here
 //! prints, and nothing allocates per step except [`AutoClip`]'s history (which the method
-//! defines) and [`agc_`]'s per-row factor list.
+//! defines; [`AutoClip::with_capacity`] reserves it up front) and [`agc_`]'s per-row factor
+//! list. `tests/toolkit_no_alloc.rs` checks this under a counting allocator.
 //!
 //! - [`GradientMonitor`]: symptoms of the reference table (non-finite, explosion, rapid growth,
 //!   loss spike, parameter divergence, oscillating loss) and an EMA z-score spike score.
@@ -20,5 +21,7 @@ mod zclip;
 pub use agc::{agc_, AgcOptions, AgcReport};
 pub use autoclip::AutoClip;
 pub use detector::{GradientMonitor, MonitorConfig, Observation, Symptom, Symptoms, Verdict};
-pub use ring::{EmaStats, Ring};
-pub use zclip::{ZClip, ZClipConfig, ZClipDecision, ZClipMode};
+pub use ring::{EmaStats, Ring, MAX_WINDOW};
+pub use zclip::{
+    ZClip, ZClipConfig, ZClipDecision, ZClipMode, ZCLIP_MAX_WARMUP, ZCLIP_MIN_REL_STD,
+};

@@ -1,5 +1,11 @@
 //! A fixed-capacity ring buffer of `f64`: allocated once, O(1) push, never reallocates.
 
+use crate::toolkit_error::ToolkitError;
+
+/// The largest capacity of a [`Ring`] (and of every window of the monitor): 2^20 values (8 MiB).
+/// Larger windows are rejected with an error instead of attempting a huge allocation.
+pub const MAX_WINDOW: usize = 1 << 20;
+
 /// The last `capacity` values pushed, oldest first.
 #[derive(Debug, Clone)]
 pub struct Ring {
@@ -9,13 +15,26 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// An empty ring holding at most `capacity` values (at least 1).
-    pub fn new(capacity: usize) -> Self {
-        Ring {
-            data: vec![0.0; capacity.max(1)],
+    /// An empty ring holding at most `capacity` values (1 ≤ `capacity` ≤ [`MAX_WINDOW`]; other
+    /// capacities, and a failed allocation, are an error).
+    pub fn new(capacity: usize) -> Result<Self, ToolkitError> {
+        if !(1..=MAX_WINDOW).contains(&capacity) {
+            return Err(ToolkitError::param(
+                "ring capacity",
+                capacity as f64,
+                "in 1..=MAX_WINDOW (2^20)",
+            ));
+        }
+        let mut data = Vec::new();
+        data.try_reserve_exact(capacity).map_err(|_| {
+            ToolkitError::param("ring capacity", capacity as f64, "an allocatable size")
+        })?;
+        data.resize(capacity, 0.0);
+        Ok(Ring {
+            data,
             head: 0,
             len: 0,
-        }
+        })
     }
 
     /// Appends `x`, dropping the oldest value when full.
@@ -75,11 +94,18 @@ impl Ring {
 /// Exponential moving mean and variance:
 /// `μ ← β μ + (1 − β) x`, `v ← β v + (1 − β) (x − μ_new)²` (the update ZClip uses), with the
 /// first value initialising `μ = x`, `v = 0`.
+///
+/// Bias correction: `v` starts at 0, so after the first value only `1 − β^(n−1)` of its weight
+/// is data (Adam's correction). [`EmaStats::std`] and [`EmaStats::z`] use `v / (1 − β^(n−1))`,
+/// so a few early values do not give a tiny σ and absurd z-scores. The mean needs no correction:
+/// starting it at the first value already gives the data weight 1.
 #[derive(Debug, Clone, Copy)]
 pub struct EmaStats {
     beta: f64,
     mean: f64,
     var: f64,
+    /// `1 − β^(n−1)`: the weight of data in `var`.
+    var_weight: f64,
     count: u64,
 }
 
@@ -90,6 +116,7 @@ impl EmaStats {
             beta,
             mean: 0.0,
             var: 0.0,
+            var_weight: 0.0,
             count: 0,
         }
     }
@@ -103,16 +130,17 @@ impl EmaStats {
             self.mean = self.beta * self.mean + (1.0 - self.beta) * x;
             let d = x - self.mean;
             self.var = self.beta * self.var + (1.0 - self.beta) * d * d;
+            self.var_weight = self.beta * self.var_weight + (1.0 - self.beta);
         }
         self.count += 1;
     }
 
-    /// `(x − μ) / (σ + eps)`; 0 before any value.
+    /// `(x − μ) / (σ + eps)` with the bias-corrected σ; 0 before any value.
     pub fn z(&self, x: f64, eps: f64) -> f64 {
         if self.count == 0 {
             0.0
         } else {
-            (x - self.mean) / (self.var.sqrt() + eps)
+            (x - self.mean) / (self.std() + eps)
         }
     }
 
@@ -121,9 +149,13 @@ impl EmaStats {
         self.mean
     }
 
-    /// The EMA standard deviation.
+    /// The bias-corrected EMA standard deviation `√(v / (1 − β^(n−1)))` (0 before two values).
     pub fn std(&self) -> f64 {
-        self.var.sqrt()
+        if self.var_weight > 0.0 {
+            (self.var / self.var_weight).sqrt()
+        } else {
+            0.0
+        }
     }
 
     /// Values folded in.

@@ -5,23 +5,38 @@
 //! set); then `μ` and `v` start as their mean and population variance. After warm-up, each step:
 //!
 //! ```text
-//! σ = √v,   z = (‖g‖ − μ) / (σ + eps)
+//! σ = max(√v, min_rel_std · |μ|),   z = (‖g‖ − μ) / (σ + eps)
 //! if z > z_thresh:
 //!     adaptive scaling:  c = (μ + z_thresh · σ / (z / z_thresh)) · clip_factor   (= μ + z_thresh²σ/z)
 //!     mean:              c = μ
 //! else c = none
 //! effective = min(c or ‖g‖, max_norm if set);  clip the gradients to `effective`
 //! x = c if a spike was clipped, else ‖g‖
-//! μ ← α μ + (1 − α) x,   v ← α v + (1 − α) (x − μ)²      (v uses the updated μ)
+//! unless (spike and skip_update_on_spike):
+//!     μ ← α μ + (1 − α) x,   v ← α v + (1 − α) (x − μ)²      (v uses the updated μ)
 //! ```
 //!
-//! Published defaults: α = 0.97, z_thresh = 2.5, warm-up 25 steps, eps = 1e-6, adaptive scaling,
-//! clip_factor 1. The authors' implementation also caps at `max_grad_norm = 1.0`; here the cap is
-//! opt-in (`max_norm: None` by default) so that ZClip alone is what is measured.
+//! Defaults, as published with the authors' code: α = 0.97, z_thresh = 2.5, warm-up 25 steps,
+//! eps = 1e-6, adaptive scaling, clip_factor 1, `max_norm = Some(1.0)` (the authors'
+//! `max_grad_norm`, a hard cap applied after the z-score clip and during warm-up), and
+//! `skip_update_on_spike = false`. Set `max_norm: None` to measure ZClip alone.
+//!
+//! One deviation, the σ floor `min_rel_std` (default [`ZCLIP_MIN_REL_STD`] = 0.05): when the
+//! warm-up norms are (nearly) constant, `v` is 0, every later norm above `μ` scores `z ≈ ∞`, is
+//! clipped to `μ + z_thresh²σ/z = μ`, and `μ` is fed back unchanged — ZClip freezes at the
+//! warm-up mean forever and clips a slow drift of the norm indefinitely. With σ at least 5 % of
+//! `μ`, norms within `μ (1 + z_thresh · 0.05) ≈ 1.125 μ` are never spikes, the statistics follow
+//! a slow rise, and a true spike is still clipped to about `μ`. Gradient norms in practice vary
+//! by more than 5 % from step to step, so the floor is inactive on ordinary runs;
+//! `min_rel_std: 0.0` reproduces the authors' code exactly (freeze included).
+//!
+//! Memory: the warm-up buffer (`warmup_steps` ≤ [`ZCLIP_MAX_WARMUP`] values) is allocated in
+//! [`ZClip::new`]; [`ZClip::observe`] allocates nothing.
 //!
 //! ```
 //! use gradclip::monitor::{ZClip, ZClipConfig};
-//! let mut z = ZClip::new(ZClipConfig { warmup_steps: 3, ..ZClipConfig::default() }).unwrap();
+//! let cfg = ZClipConfig { warmup_steps: 3, max_norm: None, ..ZClipConfig::default() };
+//! let mut z = ZClip::new(cfg).unwrap();
 //! for x in [1.0, 1.1, 0.9] {
 //!     assert_eq!(z.observe(x).threshold, None); // warm-up
 //! }
@@ -41,6 +56,12 @@ pub enum ZClipMode {
     Mean,
 }
 
+/// The default floor of σ relative to `|μ|` (see the module docs).
+pub const ZCLIP_MIN_REL_STD: f64 = 0.05;
+
+/// The largest accepted `warmup_steps` (2^20; the warm-up buffer is allocated up front).
+pub const ZCLIP_MAX_WARMUP: usize = 1 << 20;
+
 /// Parameters of [`ZClip`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ZClipConfig {
@@ -48,7 +69,7 @@ pub struct ZClipConfig {
     pub alpha: f64,
     /// z-score above which a norm is a spike (default 2.5).
     pub z_thresh: f64,
-    /// Norms collected before the statistics start (default 25, at least 1).
+    /// Norms collected before the statistics start (default 25, 1 ..= [`ZCLIP_MAX_WARMUP`]).
     pub warmup_steps: usize,
     /// Added to σ in the z-score (default 1e-6).
     pub eps: f64,
@@ -56,8 +77,13 @@ pub struct ZClipConfig {
     pub mode: ZClipMode,
     /// Multiplier of the adaptive threshold (default 1).
     pub clip_factor: f64,
-    /// An absolute cap applied on top (default none).
+    /// An absolute cap applied on top and during warm-up (default `Some(1.0)`, the authors'
+    /// `max_grad_norm`; `None` disables it).
     pub max_norm: Option<f64>,
+    /// Leave `μ` and `v` unchanged on a spike step (default false, as published).
+    pub skip_update_on_spike: bool,
+    /// Floor of σ relative to `|μ|` (default [`ZCLIP_MIN_REL_STD`]; 0 disables it).
+    pub min_rel_std: f64,
 }
 
 impl Default for ZClipConfig {
@@ -69,7 +95,9 @@ impl Default for ZClipConfig {
             eps: 1e-6,
             mode: ZClipMode::AdaptiveScaling,
             clip_factor: 1.0,
-            max_norm: None,
+            max_norm: Some(1.0),
+            skip_update_on_spike: false,
+            min_rel_std: ZCLIP_MIN_REL_STD,
         }
     }
 }
@@ -108,8 +136,19 @@ impl ZClip {
                 "finite and > 0",
             ));
         }
-        if config.warmup_steps == 0 {
-            return Err(ToolkitError::param("warmup_steps", 0.0, "at least 1"));
+        if !(1..=ZCLIP_MAX_WARMUP).contains(&config.warmup_steps) {
+            return Err(ToolkitError::param(
+                "warmup_steps",
+                config.warmup_steps as f64,
+                "in 1..=ZCLIP_MAX_WARMUP (2^20)",
+            ));
+        }
+        if !(config.min_rel_std.is_finite() && config.min_rel_std >= 0.0) {
+            return Err(ToolkitError::param(
+                "min_rel_std",
+                config.min_rel_std,
+                "finite and >= 0",
+            ));
         }
         if !(config.eps.is_finite() && config.eps >= 0.0) {
             return Err(ToolkitError::param("eps", config.eps, "finite and >= 0"));
@@ -126,9 +165,17 @@ impl ZClip {
                 return Err(ToolkitError::param("max_norm", m, "finite and > 0"));
             }
         }
+        let mut warmup = Vec::new();
+        warmup.try_reserve_exact(config.warmup_steps).map_err(|_| {
+            ToolkitError::param(
+                "warmup_steps",
+                config.warmup_steps as f64,
+                "an allocatable size",
+            )
+        })?;
         Ok(ZClip {
             config,
-            warmup: Vec::with_capacity(config.warmup_steps),
+            warmup,
             mean: 0.0,
             var: 0.0,
             initialized: false,
@@ -140,7 +187,7 @@ impl ZClip {
         &self.config
     }
 
-    /// `(μ, σ)` once warm-up is over.
+    /// `(μ, √v)` once warm-up is over (`√v` without the floor).
     pub fn stats(&self) -> Option<(f64, f64)> {
         self.initialized.then(|| (self.mean, self.var.sqrt()))
     }
@@ -176,7 +223,7 @@ impl ZClip {
                 spike: false,
             };
         }
-        let std = self.var.sqrt();
+        let std = self.var.sqrt().max(cfg.min_rel_std * self.mean.abs());
         let z = (norm - self.mean) / (std + cfg.eps);
         let spike_clip = (z > cfg.z_thresh).then(|| match cfg.mode {
             ZClipMode::AdaptiveScaling => {
@@ -185,10 +232,12 @@ impl ZClip {
             }
             ZClipMode::Mean => self.mean,
         });
-        let x = spike_clip.unwrap_or(norm);
-        self.mean = cfg.alpha * self.mean + (1.0 - cfg.alpha) * x;
-        let d = x - self.mean;
-        self.var = cfg.alpha * self.var + (1.0 - cfg.alpha) * d * d;
+        if !(spike_clip.is_some() && cfg.skip_update_on_spike) {
+            let x = spike_clip.unwrap_or(norm);
+            self.mean = cfg.alpha * self.mean + (1.0 - cfg.alpha) * x;
+            let d = x - self.mean;
+            self.var = cfg.alpha * self.var + (1.0 - cfg.alpha) * d * d;
+        }
         let effective = match (spike_clip, cfg.max_norm) {
             (Some(c), Some(m)) => Some(c.min(m)),
             (Some(c), None) => Some(c),

@@ -67,11 +67,7 @@ pub fn orthogonal_(
     let qr = a.qr();
     let mut q = qr.q(); // m × n
     let r = qr.r(); // n × n
-    for j in 0..n {
-        if r[(j, j)] < 0.0 {
-            q.column_mut(j).neg_mut();
-        }
-    }
+    haar_sign_fix(&mut q, &r);
     debug_assert_eq!(q.shape(), (m, n));
     for i in 0..rows {
         for j in 0..cols {
@@ -80,6 +76,19 @@ pub fn orthogonal_(
         }
     }
     Ok(())
+}
+
+/// Multiplies column `j` of `q` by `sign(R_jj)`, so that `A = QR` holds with a positive diagonal
+/// of `R` and `Q` is Haar-distributed. nalgebra 0.33's QR already returns `R` with a non-negative
+/// diagonal (its `q()` folds the Householder signs in), so today this changes nothing; it keeps
+/// the guarantee independent of the QR backend and is unit-tested on its own.
+#[cfg(feature = "linalg")]
+fn haar_sign_fix(q: &mut nalgebra::DMatrix<f64>, r: &nalgebra::DMatrix<f64>) {
+    for j in 0..q.ncols().min(r.nrows()) {
+        if r[(j, j)] < 0.0 {
+            q.column_mut(j).neg_mut();
+        }
+    }
 }
 
 /// Fills `w` (`rows × cols`, fan-in = `cols`, fan-out = `rows`) with
@@ -115,4 +124,24 @@ pub fn normal_(w: &mut [f32], std: f64, rng: &mut Rng) -> Result<(), ToolkitErro
     }
     rng.fill_normal_f32(w, std);
     Ok(())
+}
+
+#[cfg(all(test, feature = "linalg"))]
+mod tests {
+    use nalgebra::DMatrix;
+
+    #[test]
+    fn sign_fix_makes_the_diagonal_of_r_positive() {
+        // A = Q R with a negative R_00: the fix must negate column 0 of Q (and only it).
+        let q0 = DMatrix::from_row_slice(3, 2, &[0.0, 1.0, 1.0, 0.0, 0.0, 0.0]);
+        let r = DMatrix::from_row_slice(2, 2, &[-2.0, 1.0, 0.0, 3.0]);
+        let a = &q0 * &r;
+        let mut q = q0.clone();
+        super::haar_sign_fix(&mut q, &r);
+        assert_eq!(q.column(0), -q0.column(0));
+        assert_eq!(q.column(1), q0.column(1));
+        // With the fixed Q, QᵀA (the R of the factorisation) has a positive diagonal.
+        let r_fixed = q.transpose() * a;
+        assert!(r_fixed[(0, 0)] > 0.0 && r_fixed[(1, 1)] > 0.0, "{r_fixed}");
+    }
 }

@@ -15,6 +15,14 @@
 //!
 //! [`spectral_normalize_`] divides `W` in place by the estimate, giving `σ₁(W) ≈ 1`.
 //!
+//! Degenerate inputs: when `‖Wᵀu‖ < eps` (or is not finite) the iteration cannot move — with an
+//! all-zero `W`, PyTorch's `u` becomes the zero vector and stays there even after `W` changes.
+//! Here `u` is then re-drawn from a seeded generator owned by the state (so runs stay
+//! reproducible) and `Wᵀu` recomputed; an all-zero `W` gives σ = 0 with a random unit `u`, and
+//! the estimate recovers as soon as `W` is non-zero. A `W` with a NaN or ±inf entry is rejected
+//! with an error before any state changes. Shapes are checked (`rows · cols` without overflow
+//! and equal to `w.len()`) before anything is allocated.
+//!
 //! Mat-vecs accumulate in f64 and run on rayon for matrices of at least
 //! [`PARALLEL_MIN_ELEMS`] elements: `W v` splits by rows and `Wᵀu` by blocks of columns, each
 //! output element summed in a fixed order, so the result does not depend on the thread count.
@@ -111,6 +119,32 @@ fn normalize(x: &mut [f64]) {
     x.iter_mut().for_each(|a| *a /= d);
 }
 
+fn norm2(x: &[f64]) -> f64 {
+    x.iter().map(|a| a * a).sum::<f64>().sqrt()
+}
+
+/// `rows · cols`, or an error when it overflows or differs from `len`.
+fn check_shape(
+    what: &'static str,
+    rows: usize,
+    cols: usize,
+    len: usize,
+) -> Result<(), ToolkitError> {
+    let n = rows.checked_mul(cols).ok_or(ToolkitError::param(
+        "rows × cols",
+        rows as f64 * cols as f64,
+        "a product that fits in usize",
+    ))?;
+    ToolkitError::check_len(what, n, len)
+}
+
+fn check_finite<T: MatElem>(w: &[T]) -> Result<(), ToolkitError> {
+    match w.iter().map(|x| x.to_f64()).find(|x| !x.is_finite()) {
+        Some(x) => Err(ToolkitError::param("matrix entry", x, "finite")),
+        None => Ok(()),
+    }
+}
+
 /// Persistent power-iteration state for one matrix shape; see the module docs.
 #[derive(Debug, Clone)]
 pub struct SpectralNorm {
@@ -120,11 +154,15 @@ pub struct SpectralNorm {
     u: Vec<f64>,
     v: Vec<f64>,
     wv: Vec<f64>,
+    /// Source of fresh `u` vectors when the iteration degenerates.
+    redraw: Rng,
 }
 
 impl SpectralNorm {
     /// State for `w` (`rows × cols`, row-major): Gaussian `u`, `v` from `rng`, then 15 warm-up
     /// iterations on `w`. `n_power_iterations` (≥ 1) is the number run by each later call.
+    /// Errors (before allocating) on an empty or mismatched shape, an overflowing `rows · cols`
+    /// and a non-finite entry.
     pub fn new<T: MatElem>(
         w: &[T],
         rows: usize,
@@ -142,12 +180,16 @@ impl SpectralNorm {
         if n_power_iterations == 0 {
             return Err(ToolkitError::param("n_power_iterations", 0.0, "at least 1"));
         }
+        check_shape("spectral norm: matrix", rows, cols, w.len())?;
+        check_finite(w)?;
         let mut u = vec![0.0; rows];
         let mut v = vec![0.0; cols];
         rng.fill_normal_f64(&mut u, 1.0);
         rng.fill_normal_f64(&mut v, 1.0);
         normalize(&mut u);
         normalize(&mut v);
+        // A clone, so that the caller's stream does not depend on whether a re-draw happens.
+        let redraw = Rng::new(rng.clone().next_u64() ^ 0x5EED_5EC7_4A1B_0001);
         let mut sn = SpectralNorm {
             rows,
             cols,
@@ -155,26 +197,45 @@ impl SpectralNorm {
             u,
             v,
             wv: vec![0.0; rows],
+            redraw,
         };
-        sn.check(w)?;
         sn.iterate(w, WARMUP_ITERATIONS);
         Ok(sn)
     }
 
-    fn check<T>(&self, w: &[T]) -> Result<(), ToolkitError> {
-        ToolkitError::check_len("spectral norm: matrix", self.rows * self.cols, w.len())
+    /// Shape and finiteness of `w`, checked before any state changes.
+    fn check<T: MatElem>(&self, w: &[T]) -> Result<(), ToolkitError> {
+        ToolkitError::check_len("spectral norm: matrix", self.rows * self.cols, w.len())?;
+        check_finite(w)
+    }
+
+    fn redraw_u(&mut self) {
+        self.redraw.fill_normal_f64(&mut self.u, 1.0);
+        normalize(&mut self.u);
     }
 
     fn iterate<T: MatElem>(&mut self, w: &[T], n: usize) {
         for _ in 0..n {
             matvec_t(w, self.cols, &self.u, &mut self.v);
+            let nv = norm2(&self.v);
+            if !(nv.is_finite() && nv >= SPECTRAL_EPS) {
+                // Stuck (u = 0 after an all-zero W, or u ⟂ the row space): start afresh.
+                self.redraw_u();
+                matvec_t(w, self.cols, &self.u, &mut self.v);
+            }
             normalize(&mut self.v);
             matvec(w, self.cols, &self.v, &mut self.u);
-            normalize(&mut self.u);
+            let nu = norm2(&self.u);
+            if nu.is_finite() && nu >= SPECTRAL_EPS {
+                normalize(&mut self.u);
+            } else {
+                self.redraw_u(); // W v = 0: keep a unit u, never the zero vector
+            }
         }
     }
 
-    /// Runs `n_power_iterations` iterations on `w` and returns `σ = uᵀ W v`.
+    /// Runs `n_power_iterations` iterations on `w` and returns `σ = uᵀ W v`. Errors on a
+    /// length mismatch or a non-finite entry, leaving `u` and `v` unchanged.
     pub fn sigma<T: MatElem>(&mut self, w: &[T]) -> Result<f64, ToolkitError> {
         self.check(w)?;
         self.iterate(w, self.n_power_iterations);

@@ -20,7 +20,12 @@ fn check_square(a_len: usize, n: usize) -> Result<(), ToolkitError> {
     if n == 0 {
         return Err(ToolkitError::param("n", 0.0, "at least 1"));
     }
-    ToolkitError::check_len("spectral radius: square matrix", n * n, a_len)
+    let nn = n.checked_mul(n).ok_or(ToolkitError::param(
+        "n",
+        n as f64,
+        "n × n must fit in usize",
+    ))?;
+    ToolkitError::check_len("spectral radius: square matrix", nn, a_len)
 }
 
 /// `max |λ_i|` over the eigenvalues of the row-major `n × n` matrix `a`, from nalgebra's
