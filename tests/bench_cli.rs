@@ -84,3 +84,17 @@ fn bench_rejects_bad_arguments_in_one_line() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
     }
 }
+
+#[test]
+fn every_command_help_has_an_example() {
+    for cmd in ["demo", "norm", "clip", "bench"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gradclip"))
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}");
+        let help = String::from_utf8(out.stdout).unwrap();
+        assert!(help.contains("Example"), "{cmd} --help has no example");
+        assert!(help.contains(&format!("gradclip {cmd}")), "{cmd}");
+    }
+}
