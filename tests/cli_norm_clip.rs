@@ -1101,3 +1101,239 @@ fn zero_size_tensors_at_one_offset_keep_header_order() {
     let got = std::fs::read(&out).unwrap();
     assert_eq!(got[..8 + header.len()], bytes[..8 + header.len()]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// P norms beyond f64, bounded copies, non-finite elements far into a tensor.
+
+#[test]
+fn p_norm_overflow_is_refused_with_exit_2() {
+    // (Σ 1^p)^(1/p) = 10000^100 = 1e400 although every element is 1.
+    let dir = tempfile::tempdir().unwrap();
+    let ones = vec![1.0f32; 10_000];
+    let one = build(&[Tensor::f32("w", &[10_000], &ones)], None, None, 0);
+    // Two tensors that each overflow on their own, and one next to a NaN: the same rule (the
+    // norm type is unusable for this file) comes before the non-finite report.
+    let two = build(
+        &[
+            Tensor::f32("a", &[10_000], &ones),
+            Tensor::bf16("b", &[10_000], &ones),
+        ],
+        None,
+        None,
+        3,
+    );
+    let with_nan = build(
+        &[
+            Tensor::f32("nan", &[2], &[f32::NAN, 1.0]),
+            Tensor::f16("a", &[10_000], &ones),
+        ],
+        None,
+        None,
+        0,
+    );
+    for (name, bytes) in [("one", &one), ("two", &two), ("with_nan", &with_nan)] {
+        let f = write(dir.path(), &format!("{name}.safetensors"), bytes);
+        let out = dir.path().join("O.safetensors");
+        for args in [
+            vec!["norm", s(&f), "--norm-type", "0.01", "--json"],
+            vec!["norm", s(&f), "--norm-type", "0.01"],
+            vec!["norm", s(&f), "--norm-type", "0.01", "--max-norm", "1"],
+            vec![
+                "clip",
+                s(&f),
+                "--norm-type",
+                "0.01",
+                "--max-norm",
+                "1",
+                "-o",
+                s(&out),
+                "--json",
+            ],
+            vec![
+                "clip",
+                s(&f),
+                "--norm-type",
+                "0.01",
+                "--max-norm",
+                "1",
+                "-o",
+                s(&out),
+            ],
+        ] {
+            let o = run(&args);
+            let what = format!("{name}: {args:?}");
+            assert_one_line_error(&o, &what);
+            let err = stderr(&o);
+            assert!(
+                err.contains("the norm with p = 0.01") && err.contains("exceeds the f64 range"),
+                "{what}: {err}"
+            );
+            assert!(!out.exists(), "{what}: OUT written");
+            assert_eq!(&std::fs::read(&f).unwrap(), bytes, "{what}: FILE changed");
+        }
+    }
+    // A moderate p on the same data is fine: 10000^(1/0.5) = 1e8.
+    let f = write(dir.path(), "one.safetensors", &one);
+    let o = run(&["norm", s(&f), "--norm-type", "0.5", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_close(raw_f64(&stdout(&o), "total_norm"), 1e8, 1e-12, "p = 0.5");
+}
+
+/// Runs gradclip with `GRADCLIP_SCRATCH_BYTES` (empty: the default) and `RAYON_NUM_THREADS`.
+fn run_with(scratch: &str, threads: &str, args: &[&str]) -> Output {
+    let mut c = bin();
+    if !scratch.is_empty() {
+        c.env("GRADCLIP_SCRATCH_BYTES", scratch);
+    }
+    c.env("RAYON_NUM_THREADS", threads)
+        .args(args)
+        .output()
+        .expect("run gradclip")
+}
+
+#[test]
+fn copies_in_pieces_give_the_same_bits_as_borrowed_data() {
+    // Misaligned tensors cannot be borrowed from the map: they are copied through one buffer,
+    // here forced down to 256 KiB so a tensor spans several pieces. Every result must have the
+    // bits of the aligned file (read in place), for any thread count.
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = vec![
+        Tensor::f32("a", &[300_001], &values(300_001, 31, 20)),
+        Tensor::bf16("b", &[200_003], &values(200_003, 32, 10)),
+        Tensor::f16("c", &[3, 70_001], &values(210_003, 33, 4)),
+        Tensor::f32("d", &[5], &values(5, 34, 3)),
+    ];
+    let aligned = write(
+        dir.path(),
+        "aligned.safetensors",
+        &build(&tensors, None, None, 0),
+    );
+    let misaligned = write(
+        dir.path(),
+        "mis.safetensors",
+        &build(&tensors, None, None, 1),
+    );
+    for nt in ["2", "1", "inf", "3", "0.5"] {
+        let reference = run_with("", "1", &["norm", s(&aligned), "--json", "--norm-type", nt]);
+        assert_eq!(code(&reference), 0, "{}", stderr(&reference));
+        for (file, scratch, threads) in [
+            (&misaligned, "", "2"),
+            (&misaligned, "262144", "1"),
+            (&misaligned, "262144", "3"),
+            (&aligned, "262144", "2"),
+        ] {
+            let o = run_with(
+                scratch,
+                threads,
+                &["norm", s(file), "--json", "--norm-type", nt],
+            );
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+            assert_eq!(stdout(&o), stdout(&reference), "{nt} {scratch} {threads}");
+        }
+        let out_ref = dir.path().join("ref.out");
+        let o = run_with(
+            "",
+            "1",
+            &[
+                "clip",
+                s(&aligned),
+                "--max-norm",
+                "0.01",
+                "--norm-type",
+                nt,
+                "-o",
+                s(&out_ref),
+                "--json",
+            ],
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let json_ref = stdout(&o);
+        let ref_bytes = std::fs::read(&out_ref).unwrap();
+        let data_ref = split(&ref_bytes).1.to_vec();
+        let coef = raw_f64(&json_ref, "clip_coef") as f32;
+        let mut pos = 0;
+        for t in &tensors {
+            check_clipped_bits(t, &data_ref[pos..pos + t.data.len()], coef);
+            pos += t.data.len();
+        }
+        for (scratch, threads) in [("", "2"), ("262144", "3")] {
+            let out = dir.path().join("mis.out");
+            let o = run_with(
+                scratch,
+                threads,
+                &[
+                    "clip",
+                    s(&misaligned),
+                    "--max-norm",
+                    "0.01",
+                    "--norm-type",
+                    nt,
+                    "-o",
+                    s(&out),
+                    "--json",
+                ],
+            );
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+            assert_eq!(stdout(&o), json_ref);
+            let got = std::fs::read(&out).unwrap();
+            assert_eq!(split(&got).1, &data_ref[..], "{nt} {scratch} {threads}");
+        }
+    }
+}
+
+#[test]
+fn nonfinite_past_the_chunk_boundary_end_to_end() {
+    // Past the 65,536-element chunk of the reduction and past a 256 KiB scratch piece.
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = values(200_000, 41, 6);
+    a[150_000] = f32::NAN;
+    let mut b = values(300_000, 42, 6);
+    b[65_536 + 7] = f32::INFINITY;
+    b[65_536 + 9] = f32::NAN;
+    let mut c = values(140_000, 43, 6);
+    c[131_073] = f32::NEG_INFINITY;
+    let ok = Tensor::f32("ok", &[70_000], &values(70_000, 44, 6));
+    for (t, idx, word) in [
+        (Tensor::f32("b", &[300_000], &b), 65_543usize, "inf"),
+        (Tensor::bf16("c", &[140_000], &c), 131_073, "-inf"),
+    ] {
+        let later = Tensor::f32("later", &[200_000], &a);
+        let tensors = [ok.clone(), t.clone(), later];
+        for misalign in [0, 2, 5] {
+            let bytes = build(&tensors, None, None, misalign);
+            let f = write(dir.path(), "nf.safetensors", &bytes);
+            for scratch in ["", "262144"] {
+                let o = run_with(scratch, "2", &["norm", s(&f), "--json"]);
+                assert_eq!(code(&o), 3, "{}", stderr(&o));
+                let v = json(&o);
+                assert_eq!(
+                    v["nonfinite"],
+                    serde_json::json!({"tensor": t.name, "index": idx, "value": word}),
+                    "misalign {misalign}, scratch {scratch:?}"
+                );
+                assert_eq!(v["total_norm"], Value::Null);
+                let norms: Vec<&Value> = v["tensors"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| &t["norm"])
+                    .collect();
+                assert!(norms[0].is_f64() && norms[1].is_null() && norms[2].is_null());
+                let out = dir.path().join("nf.out");
+                let o = run_with(
+                    scratch,
+                    "2",
+                    &["clip", s(&f), "--max-norm", "1", "-o", s(&out)],
+                );
+                assert_eq!(code(&o), 3, "{}", stderr(&o));
+                let err = stderr(&o);
+                assert!(
+                    err.contains(&format!("tensor `{}` at index {idx}", t.name)),
+                    "{err}"
+                );
+                assert!(!out.exists());
+                assert_eq!(std::fs::read(&f).unwrap(), bytes);
+            }
+        }
+    }
+}

@@ -20,7 +20,8 @@ Every element becomes round_to_dtype(f32(x) * f32(clip_coef)) with
 clip_coef = min(1, max_norm / (total_norm + 1e-6)); when clip_coef is 1, OUT is
 a byte-for-byte copy. OUT is written to a temporary file and renamed into place.
 
-Exit status: 0 written, 3 a NaN/inf was found (OUT not written), 2 bad input.")]
+Exit status: 0 written, 3 a NaN/inf was found (OUT not written), 2 bad input,
+including a P norm too large for f64 (a small p over many elements; OUT not written).")]
 pub struct ClipArgs {
     /// The safetensors file (F32, F16 and BF16 tensors).
     #[arg(value_name = "FILE")]
