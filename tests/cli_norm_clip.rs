@@ -527,7 +527,12 @@ fn table_output_for_people() {
         Tensor::f32("medium", &[2], &[3.0, 4.0]),
     ];
     let f = write(dir.path(), "t.safetensors", &build(&tensors, None, None, 0));
-    let o = run(&["norm", s(&f), "--max-norm", "1"]);
+    // Without NO_COLOR (which `run` sets), so the check below can fail.
+    let o = bin()
+        .env_remove("NO_COLOR")
+        .args(["norm", s(&f), "--max-norm", "1"])
+        .output()
+        .unwrap();
     assert_eq!(code(&o), 0);
     let out = stdout(&o);
     assert!(!out.contains('\x1b'), "no colours when stdout is a pipe");
@@ -1336,4 +1341,170 @@ fn nonfinite_past_the_chunk_boundary_end_to_end() {
             }
         }
     }
+}
+
+#[test]
+fn colours_on_a_terminal_only_and_not_with_no_color() {
+    // `script` gives the command a pseudo-terminal; skip where it is missing.
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "t.safetensors",
+        &build(&[Tensor::f32("w", &[2], &[3.0, 4.0])], None, None, 0),
+    );
+    let cmd = format!("{} norm {}", env!("CARGO_BIN_EXE_gradclip"), s(&f));
+    let on_tty = |no_color: bool| {
+        let mut c = Command::new("script");
+        c.args(["-q", "-e", "-c", &cmd, "/dev/null"])
+            .env_remove("NO_COLOR")
+            .env_remove("RAYON_NUM_THREADS");
+        if no_color {
+            c.env("NO_COLOR", "1");
+        }
+        c.output().ok().filter(|o| o.status.success())
+    };
+    let Some(o) = on_tty(false) else {
+        eprintln!("skipped: `script` cannot give a terminal here");
+        return;
+    };
+    assert!(
+        stdout(&o).contains("\x1b["),
+        "colours on a terminal: {:?}",
+        stdout(&o)
+    );
+    let o = on_tty(true).expect("script ran once");
+    assert!(!stdout(&o).contains("\x1b["), "NO_COLOR: {:?}", stdout(&o));
+}
+
+#[test]
+fn non_regular_inputs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.safetensors");
+    let mut inputs = vec![PathBuf::from("/dev/null")];
+    // A FIFO with no writer: opening it would block, so the type is checked first.
+    let fifo = dir.path().join("fifo");
+    if Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|st| st.success())
+    {
+        inputs.push(fifo);
+    }
+    for input in &inputs {
+        for args in [
+            vec!["norm", s(input), "--json"],
+            vec!["norm", s(input)],
+            vec!["clip", s(input), "--max-norm", "1", "-o", s(&out)],
+        ] {
+            let o = run(&args);
+            assert_one_line_error(&o, &format!("{args:?}"));
+            assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+            assert!(!out.exists());
+        }
+    }
+    // A process substitution, as a shell gives it (`gradclip norm <(cat f)`).
+    let f = write(
+        dir.path(),
+        "g.safetensors",
+        &build(&[Tensor::f32("w", &[1], &[1.0])], None, None, 0),
+    );
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{} norm <(cat {})",
+            env!("CARGO_BIN_EXE_gradclip"),
+            s(&f)
+        ))
+        .output();
+    if let Ok(o) = o {
+        assert_one_line_error(&o, "process substitution");
+        assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn output_equal_to_input_replaces_it_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = mixed_tensors();
+    let bytes = build(&tensors, None, Some(r#"{"k":"v"}"#), 1);
+    let f = write(dir.path(), "g.safetensors", &bytes);
+    // Within the bound: FILE rewritten with the same bytes.
+    let o = run(&["clip", s(&f), "--max-norm", "1e30", "-o", s(&f), "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(std::fs::read(&f).unwrap(), bytes);
+    // Clipped: FILE now holds the clipped data, computed from its old content.
+    let o = run(&["clip", s(&f), "--max-norm", "0.5", "-o", s(&f), "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let coef = raw_f64(&stdout(&o), "clip_coef") as f32;
+    let got = std::fs::read(&f).unwrap();
+    assert_eq!(
+        got[..got.len() - split(&got).1.len()],
+        bytes[..bytes.len() - split(&bytes).1.len()]
+    );
+    let mut pos = 0;
+    for t in &tensors {
+        check_clipped_bits(t, &split(&got).1[pos..pos + t.data.len()], coef);
+        pos += t.data.len();
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temporary left"
+    );
+    // A NaN: exit 3 and FILE untouched.
+    let bad = build(
+        &[Tensor::f32("x", &[3], &[1.0, f32::NAN, 2.0])],
+        None,
+        None,
+        0,
+    );
+    let f = write(dir.path(), "g.safetensors", &bad);
+    let o = run(&["clip", s(&f), "--max-norm", "0.5", "-o", s(&f)]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert_eq!(std::fs::read(&f).unwrap(), bad);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn clip_of_a_directory_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("d.safetensors");
+    std::fs::create_dir(&sub).unwrap();
+    let out = dir.path().join("o.safetensors");
+    let o = run(&["clip", s(&sub), "--max-norm", "1", "-o", s(&out), "--json"]);
+    assert_one_line_error(&o, "FILE a directory");
+    assert!(stderr(&o).contains("directory"), "{}", stderr(&o));
+    assert!(!out.exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn output_symlink_is_replaced_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = build(&mixed_tensors(), None, None, 0);
+    let f = write(dir.path(), "g.safetensors", &bytes);
+    let target = write(dir.path(), "target.safetensors", b"keep me");
+    let link = dir.path().join("link.safetensors");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let o = run(&["clip", s(&f), "--max-norm", "0.5", "-o", s(&link)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let meta = std::fs::symlink_metadata(&link).unwrap();
+    assert!(meta.file_type().is_file(), "the link became a regular file");
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"keep me",
+        "target untouched"
+    );
+    assert_eq!(std::fs::read(&link).unwrap().len(), bytes.len());
+    // A link to FILE itself: the link is replaced, FILE keeps its bytes.
+    let link2 = dir.path().join("self.safetensors");
+    std::os::unix::fs::symlink(&f, &link2).unwrap();
+    let o = run(&["clip", s(&f), "--max-norm", "0.5", "-o", s(&link2)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(std::fs::symlink_metadata(&link2)
+        .unwrap()
+        .file_type()
+        .is_file());
+    assert_eq!(std::fs::read(&f).unwrap(), bytes);
+    assert_ne!(std::fs::read(&link2).unwrap(), bytes);
 }
