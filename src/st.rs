@@ -17,8 +17,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use half::{bf16, f16};
-use serde::de::{Deserializer, MapAccess, Visitor};
-use serde_json::Value;
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::clip::{scale_, ClipOptions};
 use crate::dtype::DType;
@@ -288,33 +287,79 @@ pub struct Layout {
     pub metadata: Option<Vec<(String, String)>>,
 }
 
-/// The header's top-level entries in document order (serde_json's map would sort them).
-struct OrderedEntries(Vec<(String, Value)>);
+// ---------------------------------------------------------------------------------------------
+// The header, parsed in one pass.
+//
+// One serde pass over the JSON text builds the compact `TensorInfo`s directly (no JSON tree) and
+// refuses any object with a repeated key on the way: serde_json would keep the last of repeated
+// keys silently, while the `safetensors` crate's typed parse rejects some of them (a repeated
+// `data_offsets`) and accepts others. Problems with one entry (a wrong dtype, a missing field)
+// are recorded and parsing goes on, so the reports keep their priority: invalid JSON first, then
+// a repeated key, then the first bad entry in document order.
 
-impl<'de> serde::Deserialize<'de> for OrderedEntries {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = OrderedEntries;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedEntries, A::Error> {
-                let mut v = Vec::new();
-                while let Some(entry) = map.next_entry::<String, Value>()? {
-                    v.push(entry);
-                }
-                Ok(OrderedEntries(v))
-            }
-        }
-        d.deserialize_map(V)
-    }
+fn repeated_key<E: serde::de::Error>(k: &str) -> E {
+    E::custom(format_args!(
+        "key `{}` appears twice in one object",
+        one_line(k)
+    ))
 }
 
-/// Walks a whole JSON document and fails on any object with a repeated key. serde_json keeps the
-/// last of repeated keys silently, while the `safetensors` crate's typed parse rejects some of
-/// them (a repeated `data_offsets`) and accepts others: a repeated key is refused outright.
+/// Reads the rest of an object whose content is not needed, refusing repeated keys.
+fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    let mut keys = std::collections::HashSet::new();
+    while let Some(k) = map.next_key::<String>()? {
+        map.next_value::<NoRepeatedKeys>()?;
+        if keys.contains(&k) {
+            return Err(repeated_key(&k));
+        }
+        keys.insert(k);
+    }
+    Ok(())
+}
+
+/// Reads the rest of an array whose content is not needed, refusing repeated keys inside.
+fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<NoRepeatedKeys>()?.is_some() {}
+    Ok(())
+}
+
+/// Any JSON value, read and dropped, failing on an object with a repeated key.
 struct NoRepeatedKeys;
+
+/// The scalar and array methods of a visitor that only needs to know "something else": they
+/// return the given value (`null` the first one; arrays are read through [`skip_seq`]).
+macro_rules! other_values {
+    ($v:expr) => {
+        other_values!($v, $v);
+    };
+    ($null:expr, $v:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($v)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($v)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($v)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($v)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($v)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($null)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok($null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            skip_seq(seq)?;
+            Ok($v)
+        }
+    };
+}
 
 impl<'de> serde::Deserialize<'de> for NoRepeatedKeys {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -324,48 +369,283 @@ impl<'de> serde::Deserialize<'de> for NoRepeatedKeys {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_bool<E>(self, _: bool) -> Result<NoRepeatedKeys, E> {
-                Ok(NoRepeatedKeys)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<NoRepeatedKeys, E> {
-                Ok(NoRepeatedKeys)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<NoRepeatedKeys, E> {
-                Ok(NoRepeatedKeys)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<NoRepeatedKeys, E> {
-                Ok(NoRepeatedKeys)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<NoRepeatedKeys, E> {
-                Ok(NoRepeatedKeys)
-            }
-            fn visit_unit<E>(self) -> Result<NoRepeatedKeys, E> {
-                Ok(NoRepeatedKeys)
-            }
-            fn visit_none<E>(self) -> Result<NoRepeatedKeys, E> {
-                Ok(NoRepeatedKeys)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<NoRepeatedKeys, A::Error> {
-                while seq.next_element::<NoRepeatedKeys>()?.is_some() {}
-                Ok(NoRepeatedKeys)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NoRepeatedKeys, A::Error> {
-                let mut keys = std::collections::HashSet::new();
-                while let Some(k) = map.next_key::<String>()? {
-                    map.next_value::<NoRepeatedKeys>()?;
-                    if !keys.insert(k.clone()) {
-                        return Err(serde::de::Error::custom(format_args!(
-                            "key `{k}` appears twice in one object"
-                        )));
-                    }
-                }
+            other_values!(NoRepeatedKeys);
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<NoRepeatedKeys, A::Error> {
+                skip_map(map)?;
                 Ok(NoRepeatedKeys)
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// An array element of a field: a non-negative integer, or something else (`None`).
+struct Uint(Option<u64>);
+
+impl<'de> serde::Deserialize<'de> for Uint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Uint;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Uint, E> {
+                Ok(Uint(None))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Uint, E> {
+                Ok(Uint(u64::try_from(v).ok()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Uint, E> {
+                Ok(Uint(Some(v)))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Uint, E> {
+                Ok(Uint(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Uint, E> {
+                Ok(Uint(None))
+            }
+            fn visit_unit<E>(self) -> Result<Uint, E> {
+                Ok(Uint(None))
+            }
+            fn visit_none<E>(self) -> Result<Uint, E> {
+                Ok(Uint(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Uint, A::Error> {
+                skip_seq(seq)?;
+                Ok(Uint(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Uint, A::Error> {
+                skip_map(map)?;
+                Ok(Uint(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A field's value as far as validation needs it; nested objects are read and dropped.
+enum Field {
+    Str(String),
+    Seq(Vec<Option<u64>>),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Field, E> {
+                Ok(Field::Str(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Field, E> {
+                Ok(Field::Str(v))
+            }
+            fn visit_unit<E>(self) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_none<E>(self) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
+                let mut v = Vec::new();
+                while let Some(Uint(x)) = seq.next_element()? {
+                    v.push(x);
+                }
+                Ok(Field::Seq(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Field, A::Error> {
+                skip_map(map)?;
+                Ok(Field::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One tensor entry: its three fields as found, or "not an object".
+enum Entry {
+    NotObject,
+    Object {
+        dtype: Option<Field>,
+        shape: Option<Field>,
+        data_offsets: Option<Field>,
+    },
+}
+
+impl<'de> serde::Deserialize<'de> for Entry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            other_values!(Entry::NotObject);
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entry, A::Error> {
+                let (mut dtype, mut shape, mut data_offsets) = (None, None, None);
+                let mut others = std::collections::HashSet::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    let slot = match k.as_str() {
+                        "dtype" => &mut dtype,
+                        "shape" => &mut shape,
+                        "data_offsets" => &mut data_offsets,
+                        _ => {
+                            map.next_value::<NoRepeatedKeys>()?;
+                            if others.contains(&k) {
+                                return Err(repeated_key(&k));
+                            }
+                            others.insert(k);
+                            continue;
+                        }
+                    };
+                    let value = map.next_value::<Field>()?;
+                    if slot.is_some() {
+                        return Err(repeated_key(&k));
+                    }
+                    *slot = Some(value);
+                }
+                Ok(Entry::Object {
+                    dtype,
+                    shape,
+                    data_offsets,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The `__metadata__` value: absent (`null`), string pairs, or a problem to report.
+struct Metadata(Result<Option<Vec<(String, String)>>, StError>);
+
+impl<'de> serde::Deserialize<'de> for Metadata {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Metadata;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            other_values!(
+                Metadata(Ok(None)),
+                Metadata(Err(StError::BadHeader(
+                    "`__metadata__` is not a JSON object".into()
+                )))
+            );
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Metadata, A::Error> {
+                let mut pairs = Vec::new();
+                let mut keys = std::collections::HashSet::new();
+                let mut all_strings = true;
+                while let Some(k) = map.next_key::<String>()? {
+                    let value = map.next_value::<Field>()?;
+                    if !keys.insert(k.clone()) {
+                        return Err(repeated_key(&k));
+                    }
+                    match value {
+                        Field::Str(v) if all_strings => pairs.push((k, v)),
+                        _ => all_strings = false,
+                    }
+                }
+                if !all_strings {
+                    return Ok(Metadata(Err(StError::BadHeader(
+                        "`__metadata__` values must be strings".into(),
+                    ))));
+                }
+                // Sorted by key, as documented on `Layout::metadata`.
+                pairs.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(Metadata(Ok(Some(pairs))))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The whole header: the tensors in document order and `__metadata__`, or the first problem.
+struct Header {
+    tensors: Vec<TensorInfo>,
+    metadata: Option<Vec<(String, String)>>,
+    first_error: Option<StError>,
+}
+
+impl<'de> serde::Deserialize<'de> for Header {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Header;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Header, A::Error> {
+                use std::hash::BuildHasher;
+                let mut h = Header {
+                    tensors: Vec::new(),
+                    metadata: None,
+                    first_error: None,
+                };
+                let mut metadata_seen = false;
+                // Names are checked for repeats through their hashes (8 bytes each, not a second
+                // copy of every name); a repeated hash is confirmed against the names.
+                let hasher = std::collections::hash_map::RandomState::new();
+                let mut hashes = std::collections::HashSet::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if !hashes.insert(hasher.hash_one(&name)) {
+                        let again = if name == "__metadata__" {
+                            metadata_seen
+                        } else {
+                            h.tensors.iter().any(|t| t.name == name)
+                        };
+                        if again {
+                            return Err(repeated_key(&name));
+                        }
+                    }
+                    if name == "__metadata__" {
+                        metadata_seen = true;
+                        match map.next_value::<Metadata>()?.0 {
+                            Ok(m) => h.metadata = m,
+                            Err(e) => {
+                                h.first_error.get_or_insert(e);
+                            }
+                        }
+                        continue;
+                    }
+                    let entry = map.next_value::<Entry>()?;
+                    let info = match tensor_entry(&name, entry) {
+                        Ok(info) => info,
+                        Err(e) => {
+                            h.first_error.get_or_insert(e);
+                            // Kept by name only, for the repeated-name check.
+                            TensorInfo {
+                                name,
+                                dtype: DType::F32,
+                                shape: Vec::new(),
+                                start: 0,
+                                end: 0,
+                            }
+                        }
+                    };
+                    h.tensors.push(info);
+                }
+                Ok(h)
+            }
+        }
+        d.deserialize_map(V)
     }
 }
 
@@ -376,55 +656,57 @@ fn bad(name: &str, reason: impl Into<String>) -> StError {
     }
 }
 
-fn as_usize(v: &Value) -> Option<usize> {
-    v.as_u64().and_then(|n| usize::try_from(n).ok())
-}
-
 /// One header entry → (dtype, shape, start, end), checking types and the size equation.
-fn tensor_entry(name: &str, v: &Value) -> Result<TensorInfo, StError> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| bad(name, "entry is not a JSON object"))?;
-    let dtype_s = obj
-        .get("dtype")
-        .ok_or_else(|| bad(name, "missing `dtype`"))?
-        .as_str()
-        .ok_or_else(|| bad(name, "`dtype` is not a string"))?;
-    let dtype = match dtype_s {
-        "F32" => DType::F32,
-        "F16" => DType::F16,
-        "BF16" => DType::BF16,
-        other => {
-            return Err(StError::UnsupportedDtype {
-                name: name.to_string(),
-                dtype: other.to_string(),
-            })
-        }
+fn tensor_entry(name: &str, entry: Entry) -> Result<TensorInfo, StError> {
+    let Entry::Object {
+        dtype,
+        shape,
+        data_offsets,
+    } = entry
+    else {
+        return Err(bad(name, "entry is not a JSON object"));
     };
-    let shape = obj
-        .get("shape")
-        .ok_or_else(|| bad(name, "missing `shape`"))?
-        .as_array()
-        .ok_or_else(|| bad(name, "`shape` is not an array"))?
-        .iter()
-        .map(as_usize)
-        .collect::<Option<Vec<usize>>>()
-        .ok_or_else(|| {
-            bad(
-                name,
-                "`shape` holds something other than non-negative integers",
-            )
-        })?;
-    let offsets = obj
-        .get("data_offsets")
-        .ok_or_else(|| bad(name, "missing `data_offsets`"))?
-        .as_array()
-        .ok_or_else(|| bad(name, "`data_offsets` is not an array"))?;
+    let dtype = match dtype.ok_or_else(|| bad(name, "missing `dtype`"))? {
+        Field::Str(s) => match s.as_str() {
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            _ => {
+                return Err(StError::UnsupportedDtype {
+                    name: name.to_string(),
+                    dtype: s,
+                })
+            }
+        },
+        _ => return Err(bad(name, "`dtype` is not a string")),
+    };
+    let shape = match shape.ok_or_else(|| bad(name, "missing `shape`"))? {
+        Field::Seq(dims) => dims
+            .into_iter()
+            .map(|d| d.and_then(|d| usize::try_from(d).ok()))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| {
+                bad(
+                    name,
+                    "`shape` holds something other than non-negative integers",
+                )
+            })?,
+        _ => return Err(bad(name, "`shape` is not an array")),
+    };
+    let offsets = match data_offsets.ok_or_else(|| bad(name, "missing `data_offsets`"))? {
+        Field::Seq(o) => o,
+        _ => return Err(bad(name, "`data_offsets` is not an array")),
+    };
     let (start, end) = match offsets.as_slice() {
-        [s, e] => (
-            as_usize(s).ok_or_else(|| bad(name, "`data_offsets` are not non-negative integers"))?,
-            as_usize(e).ok_or_else(|| bad(name, "`data_offsets` are not non-negative integers"))?,
-        ),
+        [s, e] => {
+            let not_int = || bad(name, "`data_offsets` are not non-negative integers");
+            (
+                s.and_then(|s| usize::try_from(s).ok())
+                    .ok_or_else(not_int)?,
+                e.and_then(|e| usize::try_from(e).ok())
+                    .ok_or_else(not_int)?,
+            )
+        }
         _ => return Err(bad(name, "`data_offsets` is not a pair [start, end]")),
     };
     if end < start {
@@ -453,8 +735,38 @@ fn tensor_entry(name: &str, v: &Value) -> Result<TensorInfo, StError> {
     })
 }
 
+/// The header text → tensors (document order) and metadata, in one pass; see above.
+fn parse_header(text: &str) -> Result<Header, StError> {
+    let header: Header = serde_json::from_str(text).map_err(|e| {
+        if e.is_data() {
+            // Inside an object the only data error raised is a repeated key (entries' own
+            // problems are recorded instead); the top level must be an object.
+            let object = text
+                .trim_start_matches([' ', '\t', '\n', '\r'])
+                .starts_with('{');
+            if !object {
+                return StError::BadHeader("header is not a JSON object".into());
+            }
+            // Invalid JSON further on is reported before the repeated key, as a full parse
+            // would find it first.
+            if let Err(syntax) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                return StError::BadHeader(format!("header is not valid JSON: {syntax}"));
+            }
+            StError::BadHeader(format!("header is ambiguous: {e}"))
+        } else {
+            StError::BadHeader(format!("header is not valid JSON: {e}"))
+        }
+    })?;
+    match header.first_error {
+        Some(e) => Err(e),
+        None => Ok(header),
+    }
+}
+
 /// Validates a whole file (header and the layout of the data section) without reading any
-/// tensor data. Every malformed input gives an [`StError`]; nothing panics.
+/// tensor data. Every malformed input gives an [`StError`]; nothing panics. The header is read
+/// in one pass into compact per-tensor records (no JSON tree), so its memory stays a small
+/// multiple of the number of tensors.
 pub fn parse(bytes: &[u8]) -> Result<Layout, StError> {
     if bytes.is_empty() {
         return Err(StError::Empty);
@@ -478,44 +790,11 @@ pub fn parse(bytes: &[u8]) -> Result<Layout, StError> {
     let header = bytes.get(8..data_start).ok_or(past_end)?;
     let text = std::str::from_utf8(header)
         .map_err(|e| StError::BadHeader(format!("header is not UTF-8: {e}")))?;
-    let entries: OrderedEntries = serde_json::from_str(text).map_err(|e| {
-        StError::BadHeader(if e.is_data() {
-            "header is not a JSON object".to_string()
-        } else {
-            format!("header is not valid JSON: {e}")
-        })
-    })?;
-    serde_json::from_str::<NoRepeatedKeys>(text)
-        .map_err(|e| StError::BadHeader(format!("header is ambiguous: {e}")))?;
-
-    let mut metadata = None;
-    let mut tensors: Vec<TensorInfo> = Vec::with_capacity(entries.0.len());
-    let mut seen = std::collections::HashSet::with_capacity(entries.0.len());
-    for (name, v) in &entries.0 {
-        if !seen.insert(name.as_str()) {
-            return Err(bad(name, "appears twice in the header"));
-        }
-        if name == "__metadata__" {
-            metadata = match v {
-                Value::Null => None,
-                Value::Object(m) => Some(
-                    m.iter()
-                        .map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| {
-                            StError::BadHeader("`__metadata__` values must be strings".into())
-                        })?,
-                ),
-                _ => {
-                    return Err(StError::BadHeader(
-                        "`__metadata__` is not a JSON object".into(),
-                    ))
-                }
-            };
-            continue;
-        }
-        tensors.push(tensor_entry(name, v)?);
-    }
+    let Header {
+        mut tensors,
+        metadata,
+        ..
+    } = parse_header(text)?;
     // File order: by offsets; the stable sort keeps header order for equal offsets.
     tensors.sort_by_key(|t| (t.start, t.end));
 
@@ -559,14 +838,22 @@ pub fn parse(bytes: &[u8]) -> Result<Layout, StError> {
             data_len: data_len as u64,
         });
     }
-    // Defence in depth: the reference implementation of the format must agree.
-    safetensors::SafeTensors::read_metadata(bytes).map_err(|e| StError::Format(e.to_string()))?;
     Ok(Layout {
         header_len,
         data_start,
         tensors,
         metadata,
     })
+}
+
+/// The `safetensors` crate's own validation of a file, for the fuzz oracle: every file
+/// [`parse`] accepts must pass it too. Not part of [`parse`] (it would be a third pass over the
+/// header, with a JSON tree of its own).
+#[doc(hidden)]
+pub fn check_with_safetensors_crate(bytes: &[u8]) -> Result<(), String> {
+    safetensors::SafeTensors::read_metadata(bytes)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// A tensor's elements: borrowed from the file when aligned (little-endian hosts), else copied.

@@ -914,6 +914,33 @@ fn bad_files() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         (
+            "repeated key in an unknown field",
+            raw_file(
+                r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16],"x":[{"q":1,"q":2}]}}"#,
+                &data16,
+            ),
+        ),
+        (
+            "repeated __metadata__",
+            raw_file(r#"{"__metadata__":{},"__metadata__":{}}"#, &[]),
+        ),
+        (
+            "repeated key in __metadata__",
+            raw_file(r#"{"__metadata__":{"a":"1","a":"2"}}"#, &[]),
+        ),
+        (
+            "repeated key then invalid JSON",
+            raw_file(r#"{"__metadata__":{"a":"1","a":"2"},"#, &[]),
+        ),
+        (
+            "bad entry then invalid JSON",
+            raw_file(r#"{"w":{"dtype":"I8"}, x}"#, &[]),
+        ),
+        (
+            "bad entry then repeated key",
+            raw_file(r#"{"w":{"dtype":"I8"},"v":{"k":1,"k":1}}"#, &[]),
+        ),
+        (
             "bad __metadata__",
             raw_file(r#"{"__metadata__":{"a":1}}"#, &[]),
         ),
@@ -989,6 +1016,30 @@ fn specific_messages_name_the_problem() {
     assert!(msg("trailing bytes").contains("after the last tensor"));
     assert!(msg("gap between").contains("belong to no tensor"));
     assert!(msg("name with newline").contains("a\\nb"));
+    // One pass over the header keeps the order of the reports: invalid JSON, then a repeated
+    // key (at any depth), then the first bad entry.
+    for what in [
+        "repeated key in an unknown field",
+        "repeated __metadata__",
+        "repeated key in __metadata__",
+        "bad entry then repeated key",
+        "repeated field",
+        "duplicate name",
+    ] {
+        assert!(msg(what).contains("appears twice"), "{what}: {}", msg(what));
+    }
+    for what in [
+        "repeated key then invalid JSON",
+        "bad entry then invalid JSON",
+    ] {
+        assert!(
+            msg(what).contains("not valid JSON"),
+            "{what}: {}",
+            msg(what)
+        );
+    }
+    assert!(msg("bad __metadata__").contains("must be strings"));
+    assert!(msg("__metadata__ not object").contains("not a JSON object"));
     let o = run(&["norm", s(&dir.path().join("missing.safetensors"))]);
     assert_one_line_error(&o, "missing file");
     assert!(stderr(&o).contains("cannot open"));
