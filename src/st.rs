@@ -8,7 +8,14 @@
 //! [`parse`] checks everything before any number is computed: the header length, that the header
 //! is a UTF-8 JSON object, each tensor's dtype (F32, F16, BF16 only), shape and `data_offsets`
 //! (no overlap, no gap, no byte past the end, `product(shape) * size_of(dtype) == end - start`
-//! in checked arithmetic), and finally the `safetensors` crate's own validation on top.
+//! in checked arithmetic), and no repeated key in any JSON object, all in one pass over the
+//! header. It accepts nothing the `safetensors` crate rejects (the fuzz oracle checks that
+//! through [`check_with_safetensors_crate`]).
+//!
+//! [`norms`] and [`clip`] read tensors where they lie in the given bytes (a memory map, in the
+//! binary); data that cannot be borrowed (misaligned, big-endian host) and data being scaled
+//! goes through one reused buffer of at most [`SCRATCH_BYTES`], so memory does not grow with
+//! the file.
 //!
 //! Tensors are kept in **file order**: ascending data offset, ties (zero-size tensors at the
 //! same offset) broken by their position in the header. The JSON map's own order is not used.
