@@ -527,7 +527,12 @@ fn table_output_for_people() {
         Tensor::f32("medium", &[2], &[3.0, 4.0]),
     ];
     let f = write(dir.path(), "t.safetensors", &build(&tensors, None, None, 0));
-    let o = run(&["norm", s(&f), "--max-norm", "1"]);
+    // Without NO_COLOR (which `run` sets), so the check below can fail.
+    let o = bin()
+        .env_remove("NO_COLOR")
+        .args(["norm", s(&f), "--max-norm", "1"])
+        .output()
+        .unwrap();
     assert_eq!(code(&o), 0);
     let out = stdout(&o);
     assert!(!out.contains('\x1b'), "no colours when stdout is a pipe");
@@ -909,6 +914,33 @@ fn bad_files() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         (
+            "repeated key in an unknown field",
+            raw_file(
+                r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16],"x":[{"q":1,"q":2}]}}"#,
+                &data16,
+            ),
+        ),
+        (
+            "repeated __metadata__",
+            raw_file(r#"{"__metadata__":{},"__metadata__":{}}"#, &[]),
+        ),
+        (
+            "repeated key in __metadata__",
+            raw_file(r#"{"__metadata__":{"a":"1","a":"2"}}"#, &[]),
+        ),
+        (
+            "repeated key then invalid JSON",
+            raw_file(r#"{"__metadata__":{"a":"1","a":"2"},"#, &[]),
+        ),
+        (
+            "bad entry then invalid JSON",
+            raw_file(r#"{"w":{"dtype":"I8"}, x}"#, &[]),
+        ),
+        (
+            "bad entry then repeated key",
+            raw_file(r#"{"w":{"dtype":"I8"},"v":{"k":1,"k":1}}"#, &[]),
+        ),
+        (
             "bad __metadata__",
             raw_file(r#"{"__metadata__":{"a":1}}"#, &[]),
         ),
@@ -984,6 +1016,30 @@ fn specific_messages_name_the_problem() {
     assert!(msg("trailing bytes").contains("after the last tensor"));
     assert!(msg("gap between").contains("belong to no tensor"));
     assert!(msg("name with newline").contains("a\\nb"));
+    // One pass over the header keeps the order of the reports: invalid JSON, then a repeated
+    // key (at any depth), then the first bad entry.
+    for what in [
+        "repeated key in an unknown field",
+        "repeated __metadata__",
+        "repeated key in __metadata__",
+        "bad entry then repeated key",
+        "repeated field",
+        "duplicate name",
+    ] {
+        assert!(msg(what).contains("appears twice"), "{what}: {}", msg(what));
+    }
+    for what in [
+        "repeated key then invalid JSON",
+        "bad entry then invalid JSON",
+    ] {
+        assert!(
+            msg(what).contains("not valid JSON"),
+            "{what}: {}",
+            msg(what)
+        );
+    }
+    assert!(msg("bad __metadata__").contains("must be strings"));
+    assert!(msg("__metadata__ not object").contains("not a JSON object"));
     let o = run(&["norm", s(&dir.path().join("missing.safetensors"))]);
     assert_one_line_error(&o, "missing file");
     assert!(stderr(&o).contains("cannot open"));
@@ -1100,4 +1156,406 @@ fn zero_size_tensors_at_one_offset_keep_header_order() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let got = std::fs::read(&out).unwrap();
     assert_eq!(got[..8 + header.len()], bytes[..8 + header.len()]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// P norms beyond f64, bounded copies, non-finite elements far into a tensor.
+
+#[test]
+fn p_norm_overflow_is_refused_with_exit_2() {
+    // (Σ 1^p)^(1/p) = 10000^100 = 1e400 although every element is 1.
+    let dir = tempfile::tempdir().unwrap();
+    let ones = vec![1.0f32; 10_000];
+    let one = build(&[Tensor::f32("w", &[10_000], &ones)], None, None, 0);
+    // Two tensors that each overflow on their own, and one next to a NaN: the same rule (the
+    // norm type is unusable for this file) comes before the non-finite report.
+    let two = build(
+        &[
+            Tensor::f32("a", &[10_000], &ones),
+            Tensor::bf16("b", &[10_000], &ones),
+        ],
+        None,
+        None,
+        3,
+    );
+    let with_nan = build(
+        &[
+            Tensor::f32("nan", &[2], &[f32::NAN, 1.0]),
+            Tensor::f16("a", &[10_000], &ones),
+        ],
+        None,
+        None,
+        0,
+    );
+    for (name, bytes) in [("one", &one), ("two", &two), ("with_nan", &with_nan)] {
+        let f = write(dir.path(), &format!("{name}.safetensors"), bytes);
+        let out = dir.path().join("O.safetensors");
+        for args in [
+            vec!["norm", s(&f), "--norm-type", "0.01", "--json"],
+            vec!["norm", s(&f), "--norm-type", "0.01"],
+            vec!["norm", s(&f), "--norm-type", "0.01", "--max-norm", "1"],
+            vec![
+                "clip",
+                s(&f),
+                "--norm-type",
+                "0.01",
+                "--max-norm",
+                "1",
+                "-o",
+                s(&out),
+                "--json",
+            ],
+            vec![
+                "clip",
+                s(&f),
+                "--norm-type",
+                "0.01",
+                "--max-norm",
+                "1",
+                "-o",
+                s(&out),
+            ],
+        ] {
+            let o = run(&args);
+            let what = format!("{name}: {args:?}");
+            assert_one_line_error(&o, &what);
+            let err = stderr(&o);
+            assert!(
+                err.contains("the norm with p = 0.01") && err.contains("exceeds the f64 range"),
+                "{what}: {err}"
+            );
+            assert!(!out.exists(), "{what}: OUT written");
+            assert_eq!(&std::fs::read(&f).unwrap(), bytes, "{what}: FILE changed");
+        }
+    }
+    // A moderate p on the same data is fine: 10000^(1/0.5) = 1e8.
+    let f = write(dir.path(), "one.safetensors", &one);
+    let o = run(&["norm", s(&f), "--norm-type", "0.5", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_close(raw_f64(&stdout(&o), "total_norm"), 1e8, 1e-12, "p = 0.5");
+}
+
+/// Runs gradclip with `GRADCLIP_SCRATCH_BYTES` (empty: the default) and `RAYON_NUM_THREADS`.
+fn run_with(scratch: &str, threads: &str, args: &[&str]) -> Output {
+    let mut c = bin();
+    if !scratch.is_empty() {
+        c.env("GRADCLIP_SCRATCH_BYTES", scratch);
+    }
+    c.env("RAYON_NUM_THREADS", threads)
+        .args(args)
+        .output()
+        .expect("run gradclip")
+}
+
+#[test]
+fn copies_in_pieces_give_the_same_bits_as_borrowed_data() {
+    // Misaligned tensors cannot be borrowed from the map: they are copied through one buffer,
+    // here forced down to 256 KiB so a tensor spans several pieces. Every result must have the
+    // bits of the aligned file (read in place), for any thread count.
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = vec![
+        Tensor::f32("a", &[300_001], &values(300_001, 31, 20)),
+        Tensor::bf16("b", &[200_003], &values(200_003, 32, 10)),
+        Tensor::f16("c", &[3, 70_001], &values(210_003, 33, 4)),
+        Tensor::f32("d", &[5], &values(5, 34, 3)),
+    ];
+    let aligned = write(
+        dir.path(),
+        "aligned.safetensors",
+        &build(&tensors, None, None, 0),
+    );
+    let misaligned = write(
+        dir.path(),
+        "mis.safetensors",
+        &build(&tensors, None, None, 1),
+    );
+    for nt in ["2", "1", "inf", "3", "0.5"] {
+        let reference = run_with("", "1", &["norm", s(&aligned), "--json", "--norm-type", nt]);
+        assert_eq!(code(&reference), 0, "{}", stderr(&reference));
+        for (file, scratch, threads) in [
+            (&misaligned, "", "2"),
+            (&misaligned, "262144", "1"),
+            (&misaligned, "262144", "3"),
+            (&aligned, "262144", "2"),
+        ] {
+            let o = run_with(
+                scratch,
+                threads,
+                &["norm", s(file), "--json", "--norm-type", nt],
+            );
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+            assert_eq!(stdout(&o), stdout(&reference), "{nt} {scratch} {threads}");
+        }
+        let out_ref = dir.path().join("ref.out");
+        let o = run_with(
+            "",
+            "1",
+            &[
+                "clip",
+                s(&aligned),
+                "--max-norm",
+                "0.01",
+                "--norm-type",
+                nt,
+                "-o",
+                s(&out_ref),
+                "--json",
+            ],
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let json_ref = stdout(&o);
+        let ref_bytes = std::fs::read(&out_ref).unwrap();
+        let data_ref = split(&ref_bytes).1.to_vec();
+        let coef = raw_f64(&json_ref, "clip_coef") as f32;
+        let mut pos = 0;
+        for t in &tensors {
+            check_clipped_bits(t, &data_ref[pos..pos + t.data.len()], coef);
+            pos += t.data.len();
+        }
+        for (scratch, threads) in [("", "2"), ("262144", "3")] {
+            let out = dir.path().join("mis.out");
+            let o = run_with(
+                scratch,
+                threads,
+                &[
+                    "clip",
+                    s(&misaligned),
+                    "--max-norm",
+                    "0.01",
+                    "--norm-type",
+                    nt,
+                    "-o",
+                    s(&out),
+                    "--json",
+                ],
+            );
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+            assert_eq!(stdout(&o), json_ref);
+            let got = std::fs::read(&out).unwrap();
+            assert_eq!(split(&got).1, &data_ref[..], "{nt} {scratch} {threads}");
+        }
+    }
+}
+
+#[test]
+fn nonfinite_past_the_chunk_boundary_end_to_end() {
+    // Past the 65,536-element chunk of the reduction and past a 256 KiB scratch piece.
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = values(200_000, 41, 6);
+    a[150_000] = f32::NAN;
+    let mut b = values(300_000, 42, 6);
+    b[65_536 + 7] = f32::INFINITY;
+    b[65_536 + 9] = f32::NAN;
+    let mut c = values(140_000, 43, 6);
+    c[131_073] = f32::NEG_INFINITY;
+    let ok = Tensor::f32("ok", &[70_000], &values(70_000, 44, 6));
+    for (t, idx, word) in [
+        (Tensor::f32("b", &[300_000], &b), 65_543usize, "inf"),
+        (Tensor::bf16("c", &[140_000], &c), 131_073, "-inf"),
+    ] {
+        let later = Tensor::f32("later", &[200_000], &a);
+        let tensors = [ok.clone(), t.clone(), later];
+        for misalign in [0, 2, 5] {
+            let bytes = build(&tensors, None, None, misalign);
+            let f = write(dir.path(), "nf.safetensors", &bytes);
+            for scratch in ["", "262144"] {
+                let o = run_with(scratch, "2", &["norm", s(&f), "--json"]);
+                assert_eq!(code(&o), 3, "{}", stderr(&o));
+                let v = json(&o);
+                assert_eq!(
+                    v["nonfinite"],
+                    serde_json::json!({"tensor": t.name, "index": idx, "value": word}),
+                    "misalign {misalign}, scratch {scratch:?}"
+                );
+                assert_eq!(v["total_norm"], Value::Null);
+                let norms: Vec<&Value> = v["tensors"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| &t["norm"])
+                    .collect();
+                assert!(norms[0].is_f64() && norms[1].is_null() && norms[2].is_null());
+                let out = dir.path().join("nf.out");
+                let o = run_with(
+                    scratch,
+                    "2",
+                    &["clip", s(&f), "--max-norm", "1", "-o", s(&out)],
+                );
+                assert_eq!(code(&o), 3, "{}", stderr(&o));
+                let err = stderr(&o);
+                assert!(
+                    err.contains(&format!("tensor `{}` at index {idx}", t.name)),
+                    "{err}"
+                );
+                assert!(!out.exists());
+                assert_eq!(std::fs::read(&f).unwrap(), bytes);
+            }
+        }
+    }
+}
+
+#[test]
+fn colours_on_a_terminal_only_and_not_with_no_color() {
+    // `script` gives the command a pseudo-terminal; skip where it is missing.
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "t.safetensors",
+        &build(&[Tensor::f32("w", &[2], &[3.0, 4.0])], None, None, 0),
+    );
+    let cmd = format!("{} norm {}", env!("CARGO_BIN_EXE_gradclip"), s(&f));
+    let on_tty = |no_color: bool| {
+        let mut c = Command::new("script");
+        c.args(["-q", "-e", "-c", &cmd, "/dev/null"])
+            .env_remove("NO_COLOR")
+            .env_remove("RAYON_NUM_THREADS");
+        if no_color {
+            c.env("NO_COLOR", "1");
+        }
+        c.output().ok().filter(|o| o.status.success())
+    };
+    let Some(o) = on_tty(false) else {
+        eprintln!("skipped: `script` cannot give a terminal here");
+        return;
+    };
+    assert!(
+        stdout(&o).contains("\x1b["),
+        "colours on a terminal: {:?}",
+        stdout(&o)
+    );
+    let o = on_tty(true).expect("script ran once");
+    assert!(!stdout(&o).contains("\x1b["), "NO_COLOR: {:?}", stdout(&o));
+}
+
+#[test]
+fn non_regular_inputs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.safetensors");
+    let mut inputs = vec![PathBuf::from("/dev/null")];
+    // A FIFO with no writer: opening it would block, so the type is checked first.
+    let fifo = dir.path().join("fifo");
+    if Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|st| st.success())
+    {
+        inputs.push(fifo);
+    }
+    for input in &inputs {
+        for args in [
+            vec!["norm", s(input), "--json"],
+            vec!["norm", s(input)],
+            vec!["clip", s(input), "--max-norm", "1", "-o", s(&out)],
+        ] {
+            let o = run(&args);
+            assert_one_line_error(&o, &format!("{args:?}"));
+            assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+            assert!(!out.exists());
+        }
+    }
+    // A process substitution, as a shell gives it (`gradclip norm <(cat f)`).
+    let f = write(
+        dir.path(),
+        "g.safetensors",
+        &build(&[Tensor::f32("w", &[1], &[1.0])], None, None, 0),
+    );
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{} norm <(cat {})",
+            env!("CARGO_BIN_EXE_gradclip"),
+            s(&f)
+        ))
+        .output();
+    if let Ok(o) = o {
+        assert_one_line_error(&o, "process substitution");
+        assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn output_equal_to_input_replaces_it_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = mixed_tensors();
+    let bytes = build(&tensors, None, Some(r#"{"k":"v"}"#), 1);
+    let f = write(dir.path(), "g.safetensors", &bytes);
+    // Within the bound: FILE rewritten with the same bytes.
+    let o = run(&["clip", s(&f), "--max-norm", "1e30", "-o", s(&f), "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(std::fs::read(&f).unwrap(), bytes);
+    // Clipped: FILE now holds the clipped data, computed from its old content.
+    let o = run(&["clip", s(&f), "--max-norm", "0.5", "-o", s(&f), "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let coef = raw_f64(&stdout(&o), "clip_coef") as f32;
+    let got = std::fs::read(&f).unwrap();
+    assert_eq!(
+        got[..got.len() - split(&got).1.len()],
+        bytes[..bytes.len() - split(&bytes).1.len()]
+    );
+    let mut pos = 0;
+    for t in &tensors {
+        check_clipped_bits(t, &split(&got).1[pos..pos + t.data.len()], coef);
+        pos += t.data.len();
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temporary left"
+    );
+    // A NaN: exit 3 and FILE untouched.
+    let bad = build(
+        &[Tensor::f32("x", &[3], &[1.0, f32::NAN, 2.0])],
+        None,
+        None,
+        0,
+    );
+    let f = write(dir.path(), "g.safetensors", &bad);
+    let o = run(&["clip", s(&f), "--max-norm", "0.5", "-o", s(&f)]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert_eq!(std::fs::read(&f).unwrap(), bad);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn clip_of_a_directory_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("d.safetensors");
+    std::fs::create_dir(&sub).unwrap();
+    let out = dir.path().join("o.safetensors");
+    let o = run(&["clip", s(&sub), "--max-norm", "1", "-o", s(&out), "--json"]);
+    assert_one_line_error(&o, "FILE a directory");
+    assert!(stderr(&o).contains("directory"), "{}", stderr(&o));
+    assert!(!out.exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn output_symlink_is_replaced_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = build(&mixed_tensors(), None, None, 0);
+    let f = write(dir.path(), "g.safetensors", &bytes);
+    let target = write(dir.path(), "target.safetensors", b"keep me");
+    let link = dir.path().join("link.safetensors");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let o = run(&["clip", s(&f), "--max-norm", "0.5", "-o", s(&link)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let meta = std::fs::symlink_metadata(&link).unwrap();
+    assert!(meta.file_type().is_file(), "the link became a regular file");
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"keep me",
+        "target untouched"
+    );
+    assert_eq!(std::fs::read(&link).unwrap().len(), bytes.len());
+    // A link to FILE itself: the link is replaced, FILE keeps its bytes.
+    let link2 = dir.path().join("self.safetensors");
+    std::os::unix::fs::symlink(&f, &link2).unwrap();
+    let o = run(&["clip", s(&f), "--max-norm", "0.5", "-o", s(&link2)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(std::fs::symlink_metadata(&link2)
+        .unwrap()
+        .file_type()
+        .is_file());
+    assert_eq!(std::fs::read(&f).unwrap(), bytes);
+    assert_ne!(std::fs::read(&link2).unwrap(), bytes);
 }

@@ -6,7 +6,13 @@
 //!   compared with the scalar reference (`gradclip::reference`) and with each other.
 //! - [`safetensors_cli`]: arbitrary bytes as a safetensors file go through the library side of
 //!   `gradclip norm` / `gradclip clip` (`gradclip::st`), which must either reject them with a
-//!   one-line error or produce a result that is consistent in every way checked below.
+//!   one-line error or produce a result that is consistent in every way checked below; a file
+//!   `st::parse` accepts must also pass the `safetensors` crate's own validation.
+//!
+//! Both take P norms besides L2, L1 and Inf: p = 3 and 0.5, and p = 0.001, whose value exceeds
+//! f64 for finite data from about three elements on. There the expected outcome is
+//! `Error::NormOverflow` (`StError::Invalid` of it in the CLI path), accepted only when the
+//! scalar reference is at or beyond the edge of f64, for the file or for one tensor.
 
 use gradclip::reference;
 use gradclip::st::{self, StError};
@@ -129,12 +135,22 @@ fn same_nonfinite(a: &NonFinite, b: &NonFinite) -> bool {
     a.buffer == b.buffer && a.index == b.index && same(a.value, b.value)
 }
 
+/// Values this close to `f64::MAX` may round to either side of it: a P norm there may be
+/// refused as an overflow or returned as a finite number.
+fn near_f64_max(x: f64) -> bool {
+    x.is_infinite() || x > f64::MAX * (1.0 - 1e-9)
+}
+
 fn check_value(got: f64, want: f64, norm_type: NormType, what: &str) {
     let tol = match norm_type {
         NormType::Inf => 0.0,
-        NormType::P(_) => 1e-12,
+        // `s^(1/p)` multiplies the relative error of the sum `s` by 1/p.
+        NormType::P(p) => 1e-12 * (1.0 / p).max(1.0),
         _ => 1e-13,
     };
+    if want.is_infinite() && (got == want || near_f64_max(got)) {
+        return;
+    }
     if norm_type == NormType::Inf || want == 0.0 {
         assert!(
             got.to_bits() == want.to_bits(),
@@ -162,13 +178,23 @@ pub fn kernels_differential(data: &[u8]) {
     let norm_types: &[NormType] = if long {
         &[NormType::L2, NormType::Inf]
     } else {
-        &[NormType::L2, NormType::L1, NormType::Inf, NormType::P(3.0)]
+        // p = 0.001 makes `(Σ|x|^p)^(1/p)` exceed f64 from about three elements on.
+        &[
+            NormType::L2,
+            NormType::L1,
+            NormType::Inf,
+            NormType::P(3.0),
+            NormType::P(0.5),
+            NormType::P(0.001),
+        ]
     };
 
     for &norm_type in norm_types {
         let want = reference::norm(&grads, norm_type);
+        // Finite data has a finite norm, except a P norm beyond f64 (small p).
+        let p_overflow = matches!(norm_type, NormType::P(_)) && want.is_infinite();
         assert_eq!(
-            want.is_finite(),
+            want.is_finite() || (p_overflow && first.is_none()),
             first.is_none(),
             "reference vs first_nonfinite"
         );
@@ -182,6 +208,14 @@ pub fn kernels_differential(data: &[u8]) {
                     "{}: reported {nf:?}, first is {f:?}",
                     isa.name()
                 ),
+                (Err(Error::NormOverflow { p }), None) => {
+                    assert_eq!(p.to_bits(), norm_type.exponent().to_bits());
+                    assert!(
+                        near_f64_max(want),
+                        "{}: overflow, reference {want:e}",
+                        isa.name()
+                    );
+                }
                 _ => panic!("{} {norm_type:?}: {got:?}, first {first:?}", isa.name()),
             }
             results.push(got);
@@ -192,6 +226,7 @@ pub fn kernels_differential(data: &[u8]) {
                 (Err(Error::NonFinite(a)), Err(Error::NonFinite(b))) => {
                     assert!(same_nonfinite(a, b), "ISAs differ: {a:?} vs {b:?}")
                 }
+                (Err(a @ Error::NormOverflow { .. }), Err(b)) => assert_eq!(a, b, "ISAs differ"),
                 _ => panic!("ISAs differ: {:?} vs {:?}", w[0], w[1]),
             }
         }
@@ -199,16 +234,22 @@ pub fn kernels_differential(data: &[u8]) {
         // One pass of per-buffer partials: each buffer's norm and the same total bits.
         let mut out = vec![NormPartial::EMPTY; grads.len()];
         let total = per_buffer_partials(&grads, norm_type, &mut out).expect("valid norm type");
-        if let Some(Ok(x)) = results.first() {
-            assert_eq!(total.finish().to_bits(), x.to_bits(), "per_buffer total");
-        } else {
-            assert!(!total.is_finite());
+        match results.first() {
+            Some(Ok(x)) => assert_eq!(total.finish().to_bits(), x.to_bits(), "per_buffer total"),
+            Some(Err(Error::NormOverflow { .. })) => {
+                assert!(
+                    total.is_finite() && total.finish().is_infinite(),
+                    "overflow total"
+                )
+            }
+            _ => assert!(!total.is_finite()),
         }
         // Each buffer against the reference (skipped for long inputs: time, not coverage).
         for (i, (g, p)) in grads.iter().zip(&out).enumerate().filter(|_| !long) {
             let want_i = reference::norm(&[*g], norm_type);
             let got_i = p.finish();
-            if want_i.is_finite() {
+            if want_i.is_finite() || (p.is_finite() && want_i.is_infinite()) {
+                // A finite buffer whose norm overflows: +inf, or finite right at the edge.
                 check_value(got_i, want_i, norm_type, &format!("buffer {i}"));
             } else {
                 assert_eq!(got_i.is_nan(), want_i.is_nan(), "buffer {i} NaN vs inf");
@@ -292,12 +333,22 @@ pub fn kernels_differential(data: &[u8]) {
     }
 }
 
+/// Whether the scalar reference puts a file's norm of one type, or one of its finite tensors'
+/// norms, at or beyond the edge of f64: only then may `norms` refuse the type as an overflow.
+fn overflow_possible(grads: &[Grad<'_>], norm_type: NormType) -> bool {
+    let near = |gs: &[Grad<'_>]| {
+        first_nonfinite(gs).is_none() && near_f64_max(reference::norm(gs, norm_type))
+    };
+    matches!(norm_type, NormType::P(_))
+        && (near(grads) || grads.iter().any(|g| near(std::slice::from_ref(g))))
+}
+
 /// The library side of `gradclip norm` / `gradclip clip` on arbitrary bytes; see the crate docs.
 pub fn safetensors_cli(data: &[u8]) {
     let layout = match st::parse(data) {
         Ok(l) => l,
         Err(e) => {
-            // `Format` means the safetensors crate rejected a file our own checks accepted.
+            // `Format` means the layout did not match the file it came from.
             assert!(!matches!(e, StError::Format(_)), "validation gap: {e}");
             let msg = e.to_string();
             assert!(
@@ -307,6 +358,10 @@ pub fn safetensors_cli(data: &[u8]) {
             return;
         }
     };
+    // The reference implementation of the format accepts whatever `parse` accepted.
+    if let Err(e) = st::check_with_safetensors_crate(data) {
+        panic!("validation gap: the safetensors crate rejects a file parse accepted: {e}");
+    }
 
     // A layout that parsed is contiguous, in file order, and covers the data exactly.
     let mut pos = 0usize;
@@ -326,15 +381,52 @@ pub fn safetensors_cli(data: &[u8]) {
         .collect();
     let grads: Vec<Grad<'_>> = tensors.iter().map(st::TensorData::grad).collect();
 
-    let mut l2_total = None;
-    for norm_type in [NormType::L2, NormType::L1, NormType::Inf] {
-        let s = st::norms(data, &layout, norm_type).expect("norms of a valid file");
+    let norm_types = [
+        NormType::L2,
+        NormType::L1,
+        NormType::Inf,
+        NormType::P(3.0),
+        NormType::P(0.5),
+        NormType::P(0.001),
+    ];
+    let mut summaries = Vec::new();
+    for norm_type in norm_types {
+        let s = match st::norms(data, &layout, norm_type) {
+            Ok(s) => s,
+            Err(StError::Invalid(Error::NormOverflow { p })) => {
+                assert_eq!(p.to_bits(), norm_type.exponent().to_bits());
+                assert!(
+                    overflow_possible(&grads, norm_type),
+                    "{norm_type:?}: overflow refused, the reference is finite"
+                );
+                summaries.push((norm_type, None));
+                continue;
+            }
+            Err(e) => panic!("{norm_type:?}: unexpected error on a valid file: {e}"),
+        };
         assert_eq!(s.norms.len(), layout.tensors.len());
+        // Every finite tensor's own norm against the reference (an overflow would have been
+        // refused, so a reference beyond f64 must meet a value at the edge).
+        for (i, g) in grads.iter().enumerate() {
+            let one = std::slice::from_ref(g);
+            if first_nonfinite(one).is_none() {
+                let want = reference::norm(one, norm_type);
+                check_value(s.norms[i], want, norm_type, &format!("tensor {i}"));
+                assert!(s.norms[i].is_finite(), "tensor {i}: overflow not refused");
+            }
+        }
         match &s.nonfinite {
             None => {
                 assert!(s.total_norm.is_finite() && s.total_norm >= 0.0);
                 let want = reference::norm(&grads, norm_type);
                 check_value(s.total_norm, want, norm_type, "file total");
+                // The per-tensor partials merge to the library's one-call total, bit for bit.
+                let lib = gradclip::get_total_norm(&grads, norm_type).expect("finite total");
+                assert_eq!(
+                    s.total_norm.to_bits(),
+                    lib.to_bits(),
+                    "{norm_type:?} total bits"
+                );
                 assert!(s.norms.iter().all(|n| n.is_finite() && *n >= 0.0));
             }
             Some(l) => {
@@ -346,15 +438,16 @@ pub fn safetensors_cli(data: &[u8]) {
                 assert!(!l.value.is_finite());
             }
         }
-        if norm_type == NormType::L2 {
-            l2_total = Some(s);
-        }
+        summaries.push((norm_type, Some(s)));
     }
-    let norm = l2_total.expect("L2 computed");
 
     let max_norm = [1e-3, 1.0, 1e30][data.len() % 3];
-    match st::clip(data, &layout, max_norm, NormType::L2) {
+    let (norm_type, norm) = &summaries[[0, 0, 5][data.len() / 3 % 3]];
+    match st::clip(data, &layout, max_norm, *norm_type) {
         Ok(c) => {
+            let norm = norm
+                .as_ref()
+                .expect("clip accepted a norm type norms refused");
             assert!(norm.nonfinite.is_none());
             assert_eq!(c.total_norm.to_bits(), norm.total_norm.to_bits());
             assert!(c.clip_coef > 0.0 && c.clip_coef <= 1.0);
@@ -375,10 +468,17 @@ pub fn safetensors_cli(data: &[u8]) {
             );
         }
         Err(StError::NonFinite(l)) => {
+            let norm = norm
+                .as_ref()
+                .expect("clip found a NaN where norms refused the type");
             let first = norm
                 .nonfinite
+                .as_ref()
                 .expect("clip saw a non-finite element, norm did not");
             assert_eq!((l.tensor, l.index), (first.tensor, first.index));
+        }
+        Err(StError::Invalid(Error::NormOverflow { .. })) => {
+            assert!(norm.is_none(), "clip refused a norm type norms accepted");
         }
         Err(e) => panic!("unexpected clip error on a valid file: {e}"),
     }

@@ -18,9 +18,16 @@ Example:
 
 Every element becomes round_to_dtype(f32(x) * f32(clip_coef)) with
 clip_coef = min(1, max_norm / (total_norm + 1e-6)); when clip_coef is 1, OUT is
-a byte-for-byte copy. OUT is written to a temporary file and renamed into place.
+a byte-for-byte copy. OUT is written to a temporary file in its folder and renamed
+into place, so:
+  -o FILE      replaces FILE atomically with the clipped data; FILE is left as it
+               was whenever nothing is written (exit 2 or 3);
+  -o LINK      when OUT is a symbolic link, the link itself is replaced by a regular
+               file; the file it pointed to is not touched.
+Memory: the input is memory-mapped; at most 64 MiB of it is copied at a time.
 
-Exit status: 0 written, 3 a NaN/inf was found (OUT not written), 2 bad input.")]
+Exit status: 0 written, 3 a NaN/inf was found (OUT not written), 2 bad input,
+including a P norm too large for f64 (a small p over many elements; OUT not written).")]
 pub struct ClipArgs {
     /// The safetensors file (F32, F16 and BF16 tensors).
     #[arg(value_name = "FILE")]
@@ -28,7 +35,8 @@ pub struct ClipArgs {
     /// The largest allowed total norm (required; a finite number > 0).
     #[arg(long, value_name = "X", allow_hyphen_values = true)]
     pub max_norm: Option<String>,
-    /// Where to write the clipped file (required).
+    /// Where to write the clipped file (required; may be FILE itself; a symlink is replaced,
+    /// not followed).
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<std::ffi::OsString>,
     /// Norm type: 2, 1, inf, or any finite p > 0.

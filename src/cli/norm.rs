@@ -18,7 +18,9 @@ Examples:
   gradclip norm grads.safetensors --top 10 --max-norm 1.0
   gradclip norm grads.safetensors --norm-type inf --json
 
-Exit status: 0 all finite, 3 a NaN/inf was found (JSON still printed), 2 bad input.")]
+Exit status: 0 all finite, 3 a NaN/inf was found (JSON still printed), 2 bad input,
+including a P norm too large for f64 (a small p over many elements, e.g. --norm-type
+0.01 over 10,000 ones gives 1e400): no JSON then, even if the file also holds a NaN/inf.")]
 pub struct NormArgs {
     /// The safetensors file (F32, F16 and BF16 tensors).
     #[arg(value_name = "FILE")]

@@ -46,14 +46,35 @@ impl Input {
 }
 
 /// Opens and maps `path`. The error message names the file.
+///
+/// Only regular files are read: a pipe, FIFO, socket or device (`gradclip norm <(cat f)`,
+/// `/dev/stdin`) is refused with exit 2 rather than copied into memory, since memory use must
+/// stay bounded by the scratch buffer and not grow with the input. Opening a FIFO would also
+/// block until a writer appears, so the type is checked before the file is opened.
 pub fn open(path: &Path) -> Result<Input, String> {
     let shown = st::one_line(&path.display().to_string());
+    let not_regular = || {
+        format!(
+            "`{shown}` is not a regular file (a pipe, FIFO or device?): gradclip memory-maps its input, save it to a file first"
+        )
+    };
+    let kind = std::fs::metadata(path).map_err(|e| format!("cannot open `{shown}`: {e}"))?;
+    if kind.is_dir() {
+        return Err(format!("`{shown}` is a directory, not a safetensors file"));
+    }
+    if !kind.is_file() {
+        return Err(not_regular());
+    }
     let file = File::open(path).map_err(|e| format!("cannot open `{shown}`: {e}"))?;
+    // Checked again on the open file, in case the path changed in between.
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot read `{shown}`: {e}"))?;
     if meta.is_dir() {
         return Err(format!("`{shown}` is a directory, not a safetensors file"));
+    }
+    if !meta.is_file() {
+        return Err(not_regular());
     }
     if meta.len() == 0 {
         return Ok(Input::Empty);
