@@ -38,16 +38,42 @@ pub(crate) const BLOCK: usize = 1024;
 /// Implementors must produce, for every method, exactly the IEEE results the portable backend
 /// produces lane by lane (the tests check it with `==`).
 pub(crate) unsafe trait Backend: Copy {
-    /// 32 f64 lanes.
-    type Acc: Copy;
+    /// One register of f64 lanes.
+    type V: Copy;
+    /// 32 f64 lanes as registers, virtual lane order = register order.
+    type Acc: Copy + AsRef<[Self::V]> + AsMut<[Self::V]>;
     fn zero(self) -> Self::Acc;
     /// `acc[j] += x[j]^2` (SQ) or `acc[j] += |x[j]|` for the 32 f32 values of `g`.
     fn accum_f32<const SQ: bool>(self, acc: Self::Acc, g: &[f32; LANES]) -> Self::Acc;
     fn accum_f16<const SQ: bool>(self, acc: Self::Acc, g: &[f16; LANES]) -> Self::Acc;
     fn accum_bf16<const SQ: bool>(self, acc: Self::Acc, g: &[bf16; LANES]) -> Self::Acc;
-    /// Per lane: `(s, c) += b` by Fast2Sum (all operands non-negative).
-    fn fold(self, s: &mut Self::Acc, c: &mut Self::Acc, b: Self::Acc);
+    /// Lane-wise `a + b`, correctly rounded.
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise `a - b`, correctly rounded.
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise larger / smaller of two non-negative non-NaN values (which operand is returned
+    /// for equal values does not matter: they have the same bits).
+    fn max(self, a: Self::V, b: Self::V) -> Self::V;
+    fn min(self, a: Self::V, b: Self::V) -> Self::V;
     fn to_array(self, a: Self::Acc) -> [f64; LANES];
+}
+
+/// Per lane: `(s, c) += b` by Fast2Sum. All operands are non-negative, so putting the larger
+/// first makes the error term `(hi - t) + lo` exact.
+#[inline(always)]
+fn fold<B: Backend>(be: B, s: &mut B::Acc, c: &mut B::Acc, b: B::Acc) {
+    for ((s, c), b) in s
+        .as_mut()
+        .iter_mut()
+        .zip(c.as_mut().iter_mut())
+        .zip(b.as_ref())
+    {
+        let t = be.add(*s, *b);
+        let hi = be.max(*s, *b);
+        let lo = be.min(*s, *b);
+        *c = be.add(*c, be.add(be.sub(hi, t), lo));
+        *s = t;
+    }
 }
 
 /// Which element of a 32-element bf16 group feeds virtual lane `lane`.
@@ -108,7 +134,7 @@ pub(crate) fn sum_chunk<B: Backend, T: LaneElement, const SQ: bool>(
             pad[..rest.len()].copy_from_slice(rest);
             acc = T::accum::<B, SQ>(b, acc, &pad);
         }
-        b.fold(&mut s, &mut c, acc);
+        fold(b, &mut s, &mut c, acc);
     }
     merge_lanes(b.to_array(s), b.to_array(c))
 }

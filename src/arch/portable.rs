@@ -22,6 +22,7 @@ fn term<const SQ: bool>(x: f32) -> f64 {
 
 // SAFETY: this is the reference implementation the contract is defined by.
 unsafe impl Backend for Portable {
+    type V = f64;
     type Acc = [f64; LANES];
 
     #[inline(always)]
@@ -54,13 +55,30 @@ unsafe impl Backend for Portable {
     }
 
     #[inline(always)]
-    fn fold(self, s: &mut Self::Acc, c: &mut Self::Acc, b: Self::Acc) {
-        for j in 0..LANES {
-            let t = s[j] + b[j];
-            let hi = if s[j] >= b[j] { s[j] } else { b[j] };
-            let lo = if s[j] >= b[j] { b[j] } else { s[j] };
-            c[j] += (hi - t) + lo;
-            s[j] = t;
+    fn add(self, a: f64, b: f64) -> f64 {
+        a + b
+    }
+
+    #[inline(always)]
+    fn sub(self, a: f64, b: f64) -> f64 {
+        a - b
+    }
+
+    #[inline(always)]
+    fn max(self, a: f64, b: f64) -> f64 {
+        if a >= b {
+            a
+        } else {
+            b
+        }
+    }
+
+    #[inline(always)]
+    fn min(self, a: f64, b: f64) -> f64 {
+        if a >= b {
+            b
+        } else {
+            a
         }
     }
 

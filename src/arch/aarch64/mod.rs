@@ -72,6 +72,7 @@ fn f16_magnitude_x4(h: uint32x4_t) -> float32x4_t {
 // exact square plus one rounded add or a rounded add of |x|, the same compare-and-select fold),
 // with acc[k] lane i holding virtual lane 2k + i fed by the element the portable backend assigns.
 unsafe impl Backend for Neon {
+    type V = float64x2_t;
     type Acc = [float64x2_t; 16];
 
     #[inline(always)]
@@ -139,19 +140,28 @@ unsafe impl Backend for Neon {
     }
 
     #[inline(always)]
-    fn fold(self, s: &mut Self::Acc, c: &mut Self::Acc, b: Self::Acc) {
+    fn add(self, a: float64x2_t, b: float64x2_t) -> float64x2_t {
         // SAFETY: NEON is baseline on aarch64.
-        unsafe {
-            for k in 0..16 {
-                let t = vaddq_f64(s[k], b[k]);
-                // Compare-and-select, exactly the portable `if s >= b`.
-                let ge = vcgeq_f64(s[k], b[k]);
-                let hi = vbslq_f64(ge, s[k], b[k]);
-                let lo = vbslq_f64(ge, b[k], s[k]);
-                c[k] = vaddq_f64(c[k], vaddq_f64(vsubq_f64(hi, t), lo));
-                s[k] = t;
-            }
-        }
+        unsafe { vaddq_f64(a, b) }
+    }
+
+    #[inline(always)]
+    fn sub(self, a: float64x2_t, b: float64x2_t) -> float64x2_t {
+        // SAFETY: NEON is baseline on aarch64.
+        unsafe { vsubq_f64(a, b) }
+    }
+
+    #[inline(always)]
+    fn max(self, a: float64x2_t, b: float64x2_t) -> float64x2_t {
+        // Compare-and-select, exactly the portable `if a >= b { a } else { b }`.
+        // SAFETY: NEON is baseline on aarch64.
+        unsafe { vbslq_f64(vcgeq_f64(a, b), a, b) }
+    }
+
+    #[inline(always)]
+    fn min(self, a: float64x2_t, b: float64x2_t) -> float64x2_t {
+        // SAFETY: NEON is baseline on aarch64.
+        unsafe { vbslq_f64(vcgeq_f64(a, b), b, a) }
     }
 
     #[inline(always)]

@@ -65,6 +65,7 @@ unsafe fn upper_half(v: __m512) -> __m256 {
 // exact square plus one rounded add, or a rounded add of |x|; the same fold), and zmm k lane i
 // holds virtual lane 8k + i with the element the portable backend assigns to it.
 unsafe impl Backend for Avx512 {
+    type V = __m512d;
     type Acc = [__m512d; 4];
 
     #[inline(always)]
@@ -120,17 +121,27 @@ unsafe impl Backend for Avx512 {
     }
 
     #[inline(always)]
-    fn fold(self, s: &mut Self::Acc, c: &mut Self::Acc, b: Self::Acc) {
+    fn add(self, a: __m512d, b: __m512d) -> __m512d {
         // SAFETY: the token proves AVX-512F.
-        unsafe {
-            for k in 0..4 {
-                let t = _mm512_add_pd(s[k], b[k]);
-                let hi = _mm512_max_pd(s[k], b[k]);
-                let lo = _mm512_min_pd(s[k], b[k]);
-                c[k] = _mm512_add_pd(c[k], _mm512_add_pd(_mm512_sub_pd(hi, t), lo));
-                s[k] = t;
-            }
-        }
+        unsafe { _mm512_add_pd(a, b) }
+    }
+
+    #[inline(always)]
+    fn sub(self, a: __m512d, b: __m512d) -> __m512d {
+        // SAFETY: the token proves AVX-512F.
+        unsafe { _mm512_sub_pd(a, b) }
+    }
+
+    #[inline(always)]
+    fn max(self, a: __m512d, b: __m512d) -> __m512d {
+        // SAFETY: the token proves AVX-512F.
+        unsafe { _mm512_max_pd(a, b) }
+    }
+
+    #[inline(always)]
+    fn min(self, a: __m512d, b: __m512d) -> __m512d {
+        // SAFETY: the token proves AVX-512F.
+        unsafe { _mm512_min_pd(a, b) }
     }
 
     #[inline(always)]

@@ -38,6 +38,7 @@ impl Avx2 {
 // (exact widening, exact square fused with one rounded add, or a rounded add of |x|; the fold is
 // the same add/max/min/sub sequence), with lane j of the result holding element j.
 unsafe impl Backend for Avx2 {
+    type V = __m256d;
     type Acc = [__m256d; 8];
 
     #[inline(always)]
@@ -103,17 +104,27 @@ unsafe impl Backend for Avx2 {
     }
 
     #[inline(always)]
-    fn fold(self, s: &mut Self::Acc, c: &mut Self::Acc, b: Self::Acc) {
+    fn add(self, a: __m256d, b: __m256d) -> __m256d {
         // SAFETY: the token proves AVX.
-        unsafe {
-            for k in 0..8 {
-                let t = _mm256_add_pd(s[k], b[k]);
-                let hi = _mm256_max_pd(s[k], b[k]);
-                let lo = _mm256_min_pd(s[k], b[k]);
-                c[k] = _mm256_add_pd(c[k], _mm256_add_pd(_mm256_sub_pd(hi, t), lo));
-                s[k] = t;
-            }
-        }
+        unsafe { _mm256_add_pd(a, b) }
+    }
+
+    #[inline(always)]
+    fn sub(self, a: __m256d, b: __m256d) -> __m256d {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_sub_pd(a, b) }
+    }
+
+    #[inline(always)]
+    fn max(self, a: __m256d, b: __m256d) -> __m256d {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_max_pd(a, b) }
+    }
+
+    #[inline(always)]
+    fn min(self, a: __m256d, b: __m256d) -> __m256d {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_min_pd(a, b) }
     }
 
     #[inline(always)]
