@@ -286,50 +286,40 @@ pub fn kernels_differential(data: &[u8]) {
         for (before, after) in bufs.iter().zip(&scaled) {
             match (before.grad(), after.grad()) {
                 (Grad::F32(b), Grad::F32(a)) => {
-                    for (x, y) in b.iter().zip(a) {
-                        let want = if valid {
-                            reference::scale_f32(*x, c)
-                        } else {
-                            *x
-                        };
-                        assert!(
-                            y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan()),
-                            "{} f32 {x:e} * {c:e}: got {y:e}, want {want:e}",
-                            isa.name()
-                        );
-                    }
+                    check_scaled(b, a, c, valid, isa, reference::scale_f32)
                 }
                 (Grad::F16(b), Grad::F16(a)) => {
-                    for (x, y) in b.iter().zip(a) {
-                        let want = if valid {
-                            reference::scale_f16(*x, c)
-                        } else {
-                            *x
-                        };
-                        assert!(
-                            y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan()),
-                            "{} f16 {x} * {c:e}: got {y}, want {want}",
-                            isa.name()
-                        );
-                    }
+                    check_scaled(b, a, c, valid, isa, reference::scale_f16)
                 }
                 (Grad::BF16(b), Grad::BF16(a)) => {
-                    for (x, y) in b.iter().zip(a) {
-                        let want = if valid {
-                            reference::scale_bf16(*x, c)
-                        } else {
-                            *x
-                        };
-                        assert!(
-                            y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan()),
-                            "{} bf16 {x} * {c:e}: got {y}, want {want}",
-                            isa.name()
-                        );
-                    }
+                    check_scaled(b, a, c, valid, isa, reference::scale_bf16)
                 }
                 _ => unreachable!("dtype changed"),
             }
         }
+    }
+}
+
+/// Every element of `after` is the reference `scale(before, c)` bit for bit (NaN as NaN), or
+/// `before` untouched when the factor was refused.
+fn check_scaled<T: gradclip::Element + std::fmt::Debug>(
+    before: &[T],
+    after: &[T],
+    c: f32,
+    valid: bool,
+    isa: Isa,
+    scale: fn(T, f32) -> T,
+) {
+    for (x, y) in before.iter().zip(after) {
+        let want = if valid { scale(*x, c) } else { *x };
+        assert!(
+            (y.abs_bits() == want.abs_bits()
+                && y.to_f32().is_sign_negative() == want.to_f32().is_sign_negative())
+                || (y.is_nan_value() && want.is_nan_value()),
+            "{} {:?} {x:?} * {c:e}: got {y:?}, want {want:?}",
+            isa.name(),
+            T::DTYPE
+        );
     }
 }
 
