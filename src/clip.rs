@@ -1,13 +1,16 @@
 //! In-place clipping: by global norm, by a given norm, by value, and plain scaling.
 
-use crate::arch::{Isa, Kernels};
+use crate::arch::Kernels;
+use crate::chunk::NormCtx;
 use crate::dtype::Element;
 use crate::error::{Error, NonFinite};
 use crate::grads::GradMut;
+use crate::isa::Isa;
 use crate::norm::{
-    any_nan_from, finite_norm, first_nonfinite_or_panic_free, short_circuit_partial, NormType,
+    any_nan_from, finite_norm, first_nonfinite_or_panic_free, short_circuit_partial,
 };
-use crate::parallel::{reduce_set, scale_set, NormCtx};
+use crate::norm_type::NormType;
+use crate::parallel::{reduce_set, scale_set};
 
 /// What [`clip_grad_norm_`] does when a gradient holds NaN or ±inf.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

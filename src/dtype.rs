@@ -6,6 +6,8 @@
 
 use half::{bf16, f16};
 
+use crate::lanes::{self, Scalar};
+
 /// The storage format of a gradient buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -146,72 +148,26 @@ impl Element for bf16 {
 }
 
 /// Exact binary16 → binary32 widening, branch-free bit logic (no table, no CPU feature), so loops
-/// over it vectorise.
-///
-/// The magnitude bits shifted up by 13 are an f32 whose exponent is 112 too small; multiplying
-/// by 2^112 fixes the exponent of normal numbers and, exactly, renormalises subnormals (an f16
-/// subnormal becomes an f32 subnormal first). Inf and NaN (exponent field 31) are rebuilt with
-/// the f32 all-ones exponent and the payload kept. Requires the default floating-point
-/// environment (no flush-to-zero), as all of Rust does.
+/// over it vectorise: the lane-generic widening of the crate's `lanes` module, on one lane (the logic is explained there).
+/// Requires the default floating-point environment (no flush-to-zero), as all of Rust does.
 #[inline(always)]
-pub const fn f16_bits_to_f32(h: u16) -> f32 {
-    const TWO_POW_112: f32 = f32::from_bits((127 + 112) << 23);
-    let sign = ((h as u32) & 0x8000) << 16;
-    let abs = (h as u32) & 0x7FFF;
-    let magnitude = if abs >= 0x7C00 {
-        f32::from_bits(0x7F80_0000 | ((abs & 0x03FF) << 13))
-    } else {
-        f32::from_bits(abs << 13) * TWO_POW_112
-    };
-    f32::from_bits(magnitude.to_bits() | sign)
+pub fn f16_bits_to_f32(h: u16) -> f32 {
+    lanes::f16_to_f32(Scalar, h as u32)
 }
 
 /// binary32 → binary16 with round-to-nearest-even, bit for bit what x86 F16C `vcvtps2ph`
 /// (rounding mode "nearest") produces, NaN payloads included: a NaN keeps the top ten bits of its
-/// payload and gets the quiet bit set.
-///
-/// Written without data-dependent branches (every case is computed, one is selected), so loops
-/// over it vectorise:
-/// - normal results: rebias the exponent and round the 13 dropped bits to nearest-even with
-///   the `+ 0xFFF + lsb` carry trick (a carry may roll into the exponent, up to inf: correct);
-/// - subnormal results (|x| < 2^-14): adding 0.5 (2^-1) in f32 leaves the 2^-24-unit integer
-///   in the low significand bits, rounded to nearest-even by the hardware add itself;
-/// - overflow (|x| ≥ 65520 after rounding) → ±inf; inf/NaN as F16C.
+/// payload and gets the quiet bit set. Branch-free: the lane-generic narrowing of the crate's `lanes` module, on one lane.
 #[inline(always)]
-pub const fn f32_to_f16_bits_rne(x: f32) -> u16 {
-    let u = x.to_bits();
-    let sign = (u >> 16) & 0x8000;
-    let a = u & 0x7FFF_FFFF;
-    // Normal f16 range; for smaller `a` this value is unused (and may wrap).
-    let rebased = a.wrapping_sub(0x3800_0000); // exponent 127 -> 15
-    let normal = (rebased.wrapping_add(0x0FFF + ((rebased >> 13) & 1))) >> 13;
-    // Subnormal range: f32 addition of 0.5 aligns units of 2^-24 to the last significand bit.
-    let half = f32::from_bits(0x3F00_0000); // 0.5 = 2^-1; its ulp is 2^-24
-    let sub = (f32::from_bits(a) + half)
-        .to_bits()
-        .wrapping_sub(0x3F00_0000);
-    let nan = 0x7E00 | ((a >> 13) & 0x03FF);
-    let magnitude = if a > 0x7F80_0000 {
-        nan
-    } else if a >= 0x4780_0000 {
-        0x7C00 // |x| >= 65536 (inf included)
-    } else if a >= 0x3880_0000 {
-        normal // may round up to 0x7C00 = inf for 65520 <= |x| < 65536
-    } else {
-        sub
-    };
-    (sign | magnitude) as u16
+pub fn f32_to_f16_bits_rne(x: f32) -> u16 {
+    lanes::f32_to_f16(Scalar, x) as u16
 }
 
-/// binary32 → bfloat16 with round-to-nearest-even; a NaN keeps its top payload bits and is quieted.
+/// binary32 → bfloat16 with round-to-nearest-even; a NaN keeps its top payload bits and is
+/// quieted; overflow gives ±inf. The lane-generic narrowing of the crate's `lanes` module, on one lane.
 #[inline(always)]
-pub const fn f32_to_bf16_bits_rne(x: f32) -> u16 {
-    let u = x.to_bits();
-    if u & 0x7FFF_FFFF > 0x7F80_0000 {
-        return ((u >> 16) | 0x0040) as u16;
-    }
-    let lsb = (u >> 16) & 1;
-    ((u + 0x7FFF + lsb) >> 16) as u16
+pub fn f32_to_bf16_bits_rne(x: f32) -> u16 {
+    (lanes::f32_to_bf16_high(Scalar, x.to_bits()) >> 16) as u16
 }
 
 #[cfg(test)]

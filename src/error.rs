@@ -76,7 +76,7 @@ pub enum Error {
         got: usize,
     },
     /// An instruction set was forced that this CPU (or this build) does not support.
-    IsaUnavailable(crate::arch::Isa),
+    IsaUnavailable(crate::isa::Isa),
 }
 
 impl PartialEq for Error {

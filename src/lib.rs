@@ -34,20 +34,29 @@
 //! ```
 #![deny(missing_docs, unsafe_op_in_unsafe_fn)]
 
-pub mod arch;
-pub mod baseline;
-mod clip;
+// Modules bottom-up: each uses only modules above it in this list (a test checks it).
+// Vocabulary.
+mod compensated;
 pub mod dtype;
 mod error;
 mod grads;
-mod norm;
+mod isa;
+mod lanes;
+mod norm_type;
+// Kernels, per-chunk partials, the tree.
+mod arch;
+mod chunk;
 mod parallel;
 mod partial;
+// The public operations.
+mod clip;
+mod norm;
+// Oracles and rooflines for tests, fuzzing and benches.
+pub mod baseline;
 pub mod reference;
-#[cfg(feature = "cli")]
+#[cfg(feature = "safetensors")]
 pub mod st;
 
-pub use arch::Isa;
 pub use clip::{
     clip_coefficient, clip_grad_norm_, clip_grad_norm_with_isa_, clip_grad_value_,
     clip_grads_with_norm_, scale_, scale_with_isa_, ClipOptions, ClipReport, NonFinitePolicy,
@@ -56,10 +65,12 @@ pub use dtype::{DType, Element};
 pub use error::{Error, NonFinite};
 pub use grads::{AsGrad, Grad, GradMut};
 pub use half::{bf16, f16};
+pub use isa::Isa;
 pub use norm::{
     buffer_norm, first_nonfinite, get_total_norm, get_total_norm_with_isa, per_buffer_partials,
-    total_norm_partial, NormType,
+    total_norm_partial,
 };
+pub use norm_type::NormType;
 pub use partial::NormPartial;
 
 /// Elements per chunk of the reduction tree (the unit of parallel work and of determinism).
@@ -71,8 +82,6 @@ pub mod rng;
 pub mod stabilize;
 mod toolkit_error;
 pub use toolkit_error::ToolkitError;
-#[cfg(feature = "linalg")]
-pub mod rnn;
 
 /// The README's Rust examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -7,14 +7,12 @@
 //! partials are merged in the same order, so the result has the same bits for any thread count.
 //! Nothing is allocated: the partials live on the (rayon or caller) stack.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use crate::arch::{Kernel, Kernels};
-use crate::dtype::Element;
+use crate::chunk::{chunk_partial, NormCtx};
 use crate::grads::{AsGrad, Grad, GradMut};
-use crate::norm::NormType;
-use crate::partial::{NormPartial, HAS_INF, HAS_NAN};
+use crate::partial::NormPartial;
 
 /// Elements per chunk, the leaf of the reduction tree.
 pub(crate) const CHUNK: usize = 1 << 16;
@@ -39,6 +37,34 @@ pub(crate) fn par_min_bytes() -> usize {
     })
 }
 
+/// Where the tree splits a buffer of `len` elements: `None` for a leaf (at most one chunk),
+/// else the chunk-aligned midpoint (the first half gets the extra chunk of an odd count).
+/// Anything that computes part of a buffer's partial elsewhere (the safetensors reader, in
+/// pieces) must cut where this says and merge the halves in order to get the same bits.
+#[inline]
+pub(crate) fn buffer_split(len: usize) -> Option<usize> {
+    (len > CHUNK).then(|| len.div_ceil(CHUNK) / 2 * CHUNK)
+}
+
+/// Where the tree splits a set of `n >= 2` buffers: at the middle index (left half `n / 2`).
+#[inline]
+pub(crate) const fn set_split(n: usize) -> usize {
+    n / 2
+}
+
+/// Merges per-buffer partials in the tree [`reduce_set`] uses over a set of buffers, so the
+/// result has the bits of one call over all of them (`empty` for no buffer).
+pub(crate) fn merge_set(parts: &[NormPartial], empty: NormPartial) -> NormPartial {
+    match parts {
+        [] => empty,
+        [p] => *p,
+        _ => {
+            let (l, r) = parts.split_at(set_split(parts.len()));
+            merge_set(l, empty).merge(merge_set(r, empty))
+        }
+    }
+}
+
 #[inline]
 fn join_if<A, B, RA, RB>(parallel: bool, a: A, b: B) -> (RA, RB)
 where
@@ -54,94 +80,10 @@ where
     }
 }
 
-/// What a norm reduction needs to know.
-#[derive(Clone, Copy)]
-pub(crate) struct NormCtx<'a> {
-    pub kernels: &'a Kernels,
-    /// Canonical (validated) norm type.
-    pub norm_type: NormType,
-    /// When set, the first chunk that sees a non-finite value raises it and later chunks are
-    /// skipped (their partial is a non-finite marker; the caller rescans for the first element).
-    pub stop: Option<&'a AtomicBool>,
-}
-
-/// Scans a chunk known to hold a non-finite value: NaN or only infinities?
-fn classify<T: Element>(d: &[T]) -> u64 {
-    if d.iter().any(|x| x.is_nan_value()) {
-        HAS_NAN
-    } else {
-        HAS_INF
-    }
-}
-
-fn chunk_partial<T: Kernel>(ctx: &NormCtx<'_>, d: &[T]) -> NormPartial {
-    let p = ctx.norm_type.exponent();
-    if let Some(stop) = ctx.stop {
-        if stop.load(Ordering::Relaxed) {
-            return NormPartial::nonfinite(p, HAS_INF);
-        }
-    }
-    let part = match ctx.norm_type {
-        NormType::L2 | NormType::L1 => {
-            let f = if ctx.norm_type == NormType::L2 {
-                T::sum_sq(ctx.kernels)
-            } else {
-                T::sum_abs(ctx.kernels)
-            };
-            let (s, c) = f(d);
-            if (s + c).is_finite() {
-                NormPartial::from_sum(p, s, c)
-            } else {
-                NormPartial::nonfinite(p, classify(d))
-            }
-        }
-        NormType::Inf => {
-            let m = T::max_abs(ctx.kernels)(d);
-            if m >= T::INF_BITS {
-                NormPartial::nonfinite(p, classify(d))
-            } else {
-                NormPartial::from_max(T::from_abs_bits(m).to_f32() as f64)
-            }
-        }
-        NormType::P(_) => {
-            let m = T::max_abs(ctx.kernels)(d);
-            if m >= T::INF_BITS {
-                NormPartial::nonfinite(p, classify(d))
-            } else if m == 0 {
-                NormPartial::from_scaled_sum(p, 0.0, 0.0, 0.0)
-            } else {
-                let scale = T::from_abs_bits(m).to_f32() as f64;
-                let (s, c) = p_sum(d, scale, p);
-                NormPartial::from_scaled_sum(p, scale, s, c)
-            }
-        }
-    };
-    if !part.is_finite() {
-        if let Some(stop) = ctx.stop {
-            stop.store(true, Ordering::Relaxed);
-        }
-    }
-    part
-}
-
-/// Neumaier sum of `(|x| / scale)^p`; every term is in [0, 1], so nothing overflows, and the
-/// terms that underflow are below 2^-1074 of the largest one.
-fn p_sum<T: Element>(d: &[T], scale: f64, p: f64) -> (f64, f64) {
-    let (mut s, mut c) = (0.0f64, 0.0f64);
-    for x in d {
-        let t = ((x.to_f32() as f64).abs() / scale).powf(p);
-        let n = s + t;
-        c += if s >= t { (s - n) + t } else { (t - n) + s };
-        s = n;
-    }
-    (s, c)
-}
-
 fn reduce_buffer<T: Kernel>(ctx: &NormCtx<'_>, d: &[T]) -> NormPartial {
-    if d.len() <= CHUNK {
+    let Some(mid) = buffer_split(d.len()) else {
         return chunk_partial(ctx, d);
-    }
-    let mid = (d.len().div_ceil(CHUNK) / 2) * CHUNK;
+    };
     let (l, r) = d.split_at(mid);
     let parallel = std::mem::size_of_val(d) >= par_min_bytes();
     let (a, b) = join_if(parallel, || reduce_buffer(ctx, l), || reduce_buffer(ctx, r));
@@ -165,7 +107,7 @@ pub(crate) fn reduce_set<G: AsGrad>(
     may_fork: bool,
 ) -> NormPartial {
     match grads.len() {
-        0 => NormPartial::new(ctx.norm_type).unwrap_or_else(|_| NormPartial::zeroed()),
+        0 => NormPartial::new(ctx.norm_type).unwrap_or(NormPartial::EMPTY),
         1 => {
             let p = reduce_grad(ctx, grads[0].grad());
             if let Some(o) = out {
@@ -174,7 +116,7 @@ pub(crate) fn reduce_set<G: AsGrad>(
             p
         }
         n => {
-            let mid = n / 2;
+            let mid = set_split(n);
             let (gl, gr) = grads.split_at(mid);
             let parallel = may_fork
                 && grads.iter().map(|g| g.grad().byte_len()).sum::<usize>() >= par_min_bytes();
@@ -198,14 +140,11 @@ pub(crate) fn reduce_set<G: AsGrad>(
     }
 }
 
-use bytemuck::Zeroable;
-
 fn scale_buffer<T: Kernel>(k: &Kernels, d: &mut [T], c: f32) {
-    if d.len() <= CHUNK {
+    let Some(mid) = buffer_split(d.len()) else {
         T::scale(k)(d, c);
         return;
-    }
-    let mid = (d.len().div_ceil(CHUNK) / 2) * CHUNK;
+    };
     let parallel = std::mem::size_of_val(d) >= par_min_bytes();
     let (l, r) = d.split_at_mut(mid);
     join_if(parallel, || scale_buffer(k, l, c), || scale_buffer(k, r, c));
@@ -223,7 +162,7 @@ pub(crate) fn scale_set(k: &Kernels, grads: &mut [GradMut<'_>], c: f32, may_fork
         n => {
             let parallel = may_fork
                 && grads.iter().map(|g| g.as_grad().byte_len()).sum::<usize>() >= par_min_bytes();
-            let (gl, gr) = grads.split_at_mut(n / 2);
+            let (gl, gr) = grads.split_at_mut(set_split(n));
             join_if(
                 parallel,
                 || scale_set(k, gl, c, parallel),

@@ -22,7 +22,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::norm::NormType;
+use crate::compensated::{self, Scalar};
+use crate::norm_type::NormType;
 
 /// Compensated partial state of a norm: `sum + comp` is the running value (a sum of squares for
 /// L2, of magnitudes for L1, of `(|x|/scale)^p` for P), `scale` the largest magnitude seen (the
@@ -47,14 +48,10 @@ pub(crate) const FINITE: u64 = 0;
 pub(crate) const HAS_INF: u64 = 1;
 pub(crate) const HAS_NAN: u64 = 2;
 
-/// Exact sum of two non-negative compensated values: Fast2Sum on the heads (exact because the
-/// larger one goes first), compensations added.
+/// Exact sum of two non-negative compensated values (see [`compensated::merge`]).
 #[inline(always)]
-pub(crate) fn merge_sums(s1: f64, c1: f64, s2: f64, c2: f64) -> (f64, f64) {
-    let t = s1 + s2;
-    let (hi, lo) = if s1 >= s2 { (s1, s2) } else { (s2, s1) };
-    let e = (hi - t) + lo;
-    (t, (c1 + c2) + e)
+fn merge_sums(s1: f64, c1: f64, s2: f64, c2: f64) -> (f64, f64) {
+    compensated::merge(Scalar, s1, c1, s2, c2)
 }
 
 impl NormPartial {

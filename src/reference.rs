@@ -8,7 +8,7 @@
 use half::{bf16, f16};
 
 use crate::grads::Grad;
-use crate::norm::NormType;
+use crate::norm_type::NormType;
 
 /// Double-double accumulator of non-negative terms.
 #[derive(Debug, Clone, Copy, Default)]

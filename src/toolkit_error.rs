@@ -1,12 +1,11 @@
-//! The error type of the toolkit modules ([`crate::monitor`], [`crate::stabilize`], [`crate::rnn`]).
+//! The error type of the toolkit modules ([`crate::monitor`], [`crate::stabilize`]), also used by
+//! the demo's RNN in the `gradclip-cli` member.
 //!
 //! The kernels report [`crate::Error`]; the toolkit wraps it and adds the argument checks of its own
 //! (shapes, thresholds, percentiles). No toolkit function panics on a bad argument: windows and
 //! buffer sizes are bounded (e.g. [`crate::monitor::MAX_WINDOW`]), size products use checked
 //! arithmetic, and shapes are validated before anything is allocated, so absurd arguments
-//! (`usize::MAX` windows, shapes whose product overflows) return a [`ToolkitError`]. The one
-//! exception is [`crate::rnn::RnnGrads::zeros`], an infallible constructor that is only ever
-//! given the hidden size of an existing (hence validated) [`crate::rnn::Rnn`].
+//! (`usize::MAX` windows, shapes whose product overflows) return a [`ToolkitError`].
 
 use std::fmt;
 
@@ -38,7 +37,7 @@ pub enum ToolkitError {
 
 impl ToolkitError {
     /// Shorthand for [`ToolkitError::InvalidParameter`].
-    pub(crate) fn param(name: &'static str, value: f64, expected: &'static str) -> Self {
+    pub fn param(name: &'static str, value: f64, expected: &'static str) -> Self {
         ToolkitError::InvalidParameter {
             name,
             value,
@@ -47,7 +46,7 @@ impl ToolkitError {
     }
 
     /// Returns `Err(ShapeMismatch)` when `got != expected`.
-    pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), Self> {
+    pub fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), Self> {
         if expected == got {
             Ok(())
         } else {

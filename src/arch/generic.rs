@@ -1,13 +1,16 @@
-//! Every kernel written once, generic over a [`Backend`] that supplies 32 virtual f64 lanes.
+//! Every kernel written once, generic over a [`Backend`]: the sums of squares and magnitudes over
+//! 32 virtual f64 lanes, the max of magnitudes, and the in-place scale. A backend supplies
+//! registers and lane-wise operations only; no backend holds a loop of its own.
 //!
 //! # The summation scheme (L2 and L1)
 //!
 //! A chunk is cut into blocks of [`BLOCK`] = 1024 elements, a block into groups of [`LANES`] = 32.
-//! Element `j` of a group goes to lane `j`. Inside a block each lane adds its 32 terms in plain
-//! f64 (`x*x` is exact for every supported dtype, so `fma(x, x, acc)` and `acc + x*x` give the same
-//! bits); at the end of the block each lane folds its block sum into a compensated pair
-//! `(s, c)` with Fast2Sum (both operands are non-negative, so `max` goes first and the error term
-//! is exact). At the end of the chunk the 32 lane pairs are merged by a fixed pairwise tree.
+//! Element `j` of a group goes to lane `j` (bf16: see [`bf16_lane_source`]). Inside a block each
+//! lane adds its 32 terms in plain f64 (`x*x` is exact for every supported dtype, so
+//! `fma(x, x, acc)` and `acc + x*x` give the same bits); at the end of the block each lane adds its
+//! block sum to a compensated pair `(s, c)` with [`crate::compensated::add_term`] (Fast2Sum, exact
+//! for non-negative operands). At the end of the chunk the 32 lane pairs are merged by a fixed
+//! pairwise tree of [`crate::compensated::merge`].
 //!
 //! Error: a block sum of 32 non-negative terms has relative error ≤ 31u (u = 2^-53 ≈ 1.1e-16);
 //! the compensated fold across blocks and lanes adds ≈ 2u, so the sum of squares is within
@@ -21,59 +24,78 @@
 //!
 //! Non-finite inputs make some lane sum non-finite (all finite squares are ≤ 1.2e77, so finite
 //! inputs never overflow); the caller checks the result, not every element.
+//!
+//! # Max of magnitudes
+//!
+//! A plain fold of `bits & ABS_MASK` with unsigned max (magnitudes of IEEE values order like their
+//! bits, NaN above inf); exact and order-free. It is written as scalar code that each backend's
+//! entry point compiles under its own target features, where it vectorises to packed unsigned
+//! max of the element's width.
+//!
+//! # Scale
+//!
+//! `x = round_to_dtype(f32(x) * c)`: f32 multiplies in registers of [`Backend::W`] lanes; f16
+//! through the backend's widening and narrowing (F16C, or [`crate::lanes`]' bit logic); bf16
+//! without shuffles: two bf16 share a 32-bit word, `word << 16` and `word & 0xFFFF0000` are the
+//! even and odd element as f32, and [`crate::lanes::f32_to_bf16_high`] rounds them back. A tail
+//! shorter than a register goes through the same code, zero-padded in a copy.
+//!
+//! # Why `Backend` is not an `unsafe trait`
+//!
+//! Nothing here relies on a backend's behaviour for memory safety: every method takes references
+//! or values, and each implementation checks its own slice bounds (the register loads assert the
+//! length) and holds a token whose construction proved the CPU features its intrinsics need. A
+//! backend that computed something else would give wrong numbers — which the cross-ISA tests
+//! compare bit for bit with the portable backend — but never undefined behaviour, so there is no
+//! safety contract for an implementor to uphold.
 
 use half::{bf16, f16};
 
+use crate::compensated::{self, F64Ops};
 use crate::dtype::Element;
-use crate::partial::merge_sums;
+use crate::lanes::{self, Lanes32};
 
 /// Virtual f64 lanes shared by every backend.
 pub(crate) const LANES: usize = 32;
 /// Elements per block: 32 plain additions per lane between compensated folds.
 pub(crate) const BLOCK: usize = 1024;
+/// The widest register any backend has, in 32-bit lanes (tail buffers are this long).
+const MAX_W: usize = 16;
 
-/// 32 f64 lanes and the widening loads of each dtype.
-///
-/// # Safety
-/// Implementors must produce, for every method, exactly the IEEE results the portable backend
-/// produces lane by lane (the tests check it with `==`).
-pub(crate) unsafe trait Backend: Copy {
-    /// One register of f64 lanes.
-    type V: Copy;
+/// One instruction set's registers: 32 f64 lanes for the sums (through [`F64Ops`] on one
+/// register [`F64Ops::V`]), and a register of [`Backend::W`] 32-bit lanes ([`Lanes32`]) for the
+/// scale. See the module docs for why this is a safe trait.
+pub(crate) trait Backend: F64Ops + Lanes32 {
     /// 32 f64 lanes as registers, virtual lane order = register order.
     type Acc: Copy + AsRef<[Self::V]> + AsMut<[Self::V]>;
+    /// 32-bit lanes per [`Lanes32`] register (at most 16).
+    const W: usize;
+
+    /// All lanes zero.
     fn zero(self) -> Self::Acc;
     /// `acc[j] += x[j]^2` (SQ) or `acc[j] += |x[j]|` for the 32 f32 values of `g`.
     fn accum_f32<const SQ: bool>(self, acc: Self::Acc, g: &[f32; LANES]) -> Self::Acc;
+    /// As [`Backend::accum_f32`], element `j` of `g` widened to lane `j`.
     fn accum_f16<const SQ: bool>(self, acc: Self::Acc, g: &[f16; LANES]) -> Self::Acc;
+    /// As [`Backend::accum_f32`], element [`bf16_lane_source`]`(j)` of `g` to lane `j`.
     fn accum_bf16<const SQ: bool>(self, acc: Self::Acc, g: &[bf16; LANES]) -> Self::Acc;
-    /// Lane-wise `a + b`, correctly rounded.
-    fn add(self, a: Self::V, b: Self::V) -> Self::V;
-    /// Lane-wise `a - b`, correctly rounded.
-    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
-    /// Lane-wise larger / smaller of two non-negative non-NaN values (which operand is returned
-    /// for equal values does not matter: they have the same bits).
-    fn max(self, a: Self::V, b: Self::V) -> Self::V;
-    fn min(self, a: Self::V, b: Self::V) -> Self::V;
+    /// The lanes, in virtual lane order.
     fn to_array(self, a: Self::Acc) -> [f64; LANES];
-}
 
-/// Per lane: `(s, c) += b` by Fast2Sum. All operands are non-negative, so putting the larger
-/// first makes the error term `(hi - t) + lo` exact.
-#[inline(always)]
-fn fold<B: Backend>(be: B, s: &mut B::Acc, c: &mut B::Acc, b: B::Acc) {
-    for ((s, c), b) in s
-        .as_mut()
-        .iter_mut()
-        .zip(c.as_mut().iter_mut())
-        .zip(b.as_ref())
-    {
-        let t = be.add(*s, *b);
-        let hi = be.max(*s, *b);
-        let lo = be.min(*s, *b);
-        *c = be.add(*c, be.add(be.sub(hi, t), lo));
-        *s = t;
-    }
+    /// The first `W` values of `s` (panics if shorter).
+    fn load_f32(self, s: &[f32]) -> Self::F;
+    /// Stores `v` into the first `W` values of `s` (panics if shorter).
+    fn store_f32(self, v: Self::F, s: &mut [f32]);
+    /// The first `2W` bf16 of `s` as `W` little-endian 32-bit words (element `2i` in the low
+    /// half of word `i`), whatever the alignment of `s` (panics if shorter).
+    fn load_bf16_words(self, s: &[bf16]) -> Self::U;
+    /// Stores `W` words into the first `2W` bf16 of `s`, as [`Backend::load_bf16_words`] reads
+    /// them (panics if shorter).
+    fn store_bf16_words(self, v: Self::U, s: &mut [bf16]);
+    /// The first `W` halves of `s`, widened exactly (panics if shorter).
+    fn load_f16(self, s: &[f16]) -> Self::F;
+    /// `v` rounded to nearest-even f16 into the first `W` halves of `s` (panics if shorter).
+    fn store_f16(self, v: Self::F, s: &mut [f16]);
 }
 
 /// Which element of a 32-element bf16 group feeds virtual lane `lane`.
@@ -89,27 +111,67 @@ pub(crate) const fn bf16_lane_source(lane: usize) -> usize {
     16 * h + 2 * (l % 8) + l / 8
 }
 
-/// Per-dtype hook that picks the backend's widening load.
+/// Per-dtype hooks: the backend's widening load for the sums, and the scale of one register's
+/// worth of elements.
 pub(crate) trait LaneElement: Element {
+    /// Elements one scale step handles: `W`, or `2W` for bf16 (two per 32-bit word).
+    fn scale_step<B: Backend>() -> usize;
+    /// `acc += x^2` or `|x|` for a group of 32.
     fn accum<B: Backend, const SQ: bool>(b: B, acc: B::Acc, g: &[Self; LANES]) -> B::Acc;
+    /// `g = round(f32(g) * c)` for the first [`LaneElement::scale_step`] elements of `g`.
+    fn scale_step_in<B: Backend>(b: B, g: &mut [Self], c: B::F);
 }
 
 impl LaneElement for f32 {
     #[inline(always)]
+    fn scale_step<B: Backend>() -> usize {
+        B::W
+    }
+    #[inline(always)]
     fn accum<B: Backend, const SQ: bool>(b: B, acc: B::Acc, g: &[Self; LANES]) -> B::Acc {
         b.accum_f32::<SQ>(acc, g)
     }
+    #[inline(always)]
+    fn scale_step_in<B: Backend>(b: B, g: &mut [f32], c: B::F) {
+        let v = b.mul_f(b.load_f32(g), c);
+        b.store_f32(v, g);
+    }
 }
+
 impl LaneElement for f16 {
+    #[inline(always)]
+    fn scale_step<B: Backend>() -> usize {
+        B::W
+    }
     #[inline(always)]
     fn accum<B: Backend, const SQ: bool>(b: B, acc: B::Acc, g: &[Self; LANES]) -> B::Acc {
         b.accum_f16::<SQ>(acc, g)
     }
+    #[inline(always)]
+    fn scale_step_in<B: Backend>(b: B, g: &mut [f16], c: B::F) {
+        let v = b.mul_f(b.load_f16(g), c);
+        b.store_f16(v, g);
+    }
 }
+
 impl LaneElement for bf16 {
+    #[inline(always)]
+    fn scale_step<B: Backend>() -> usize {
+        2 * B::W
+    }
     #[inline(always)]
     fn accum<B: Backend, const SQ: bool>(b: B, acc: B::Acc, g: &[Self; LANES]) -> B::Acc {
         b.accum_bf16::<SQ>(acc, g)
+    }
+    #[inline(always)]
+    fn scale_step_in<B: Backend>(b: B, g: &mut [bf16], c: B::F) {
+        let w = b.load_bf16_words(g);
+        let high = b.splat(0xFFFF_0000);
+        let even = b.mul_f(b.bits_to_f(b.shl::<16>(w)), c);
+        let odd = b.mul_f(b.bits_to_f(b.and(w, high)), c);
+        let even = b.shr::<16>(lanes::f32_to_bf16_high(b, b.to_bits(even)));
+        let odd = b.and(lanes::f32_to_bf16_high(b, b.to_bits(odd)), high);
+        b.store_bf16_words(b.or(even, odd), g);
     }
 }
 
@@ -134,29 +196,34 @@ pub(crate) fn sum_chunk<B: Backend, T: LaneElement, const SQ: bool>(
             pad[..rest.len()].copy_from_slice(rest);
             acc = T::accum::<B, SQ>(b, acc, &pad);
         }
-        fold(b, &mut s, &mut c, acc);
+        for ((s, c), x) in s
+            .as_mut()
+            .iter_mut()
+            .zip(c.as_mut().iter_mut())
+            .zip(acc.as_ref())
+        {
+            (*s, *c) = compensated::add_term(b, *s, *c, *x);
+        }
     }
     merge_lanes(b.to_array(s), b.to_array(c))
 }
 
 /// Fixed pairwise tree over the 32 lane pairs: lane j absorbs lane j + w for w = 16, 8, 4, 2, 1.
 #[inline(always)]
-pub(crate) fn merge_lanes(mut s: [f64; LANES], mut c: [f64; LANES]) -> (f64, f64) {
+fn merge_lanes(mut s: [f64; LANES], mut c: [f64; LANES]) -> (f64, f64) {
     let mut w = LANES / 2;
     while w > 0 {
         for j in 0..w {
-            let (ns, nc) = merge_sums(s[j], c[j], s[j + w], c[j + w]);
-            s[j] = ns;
-            c[j] = nc;
+            (s[j], c[j]) = compensated::merge(compensated::Scalar, s[j], c[j], s[j + w], c[j + w]);
         }
         w /= 2;
     }
     (s[0], c[0])
 }
 
-/// Largest `abs_bits` in `data` (0 for an empty slice). Exact and order-free, so every backend
-/// agrees trivially; written as a plain fold over the raw bits (u32 for f32, u16 for the 16-bit
-/// formats, so the compiler uses packed unsigned max of the right width).
+/// Largest `abs_bits` in `data` (0 for an empty slice), as a plain fold over the raw bits (u32
+/// for f32, u16 for the 16-bit formats, so the compiler emits packed unsigned max of that width
+/// under the caller's target features).
 #[inline(always)]
 pub(crate) fn max_abs_bits<T: Element>(data: &[T]) -> u32 {
     if std::mem::size_of::<T>() == 2 {
@@ -168,10 +235,10 @@ pub(crate) fn max_abs_bits<T: Element>(data: &[T]) -> u32 {
 
 #[inline(always)]
 fn max_masked_u32(data: &[u32]) -> u32 {
-    let mut m = [0u32; 16];
-    let mut it = data.chunks_exact(16);
+    let mut m = [0u32; 32];
+    let mut it = data.chunks_exact(32);
     for g in &mut it {
-        for j in 0..16 {
+        for j in 0..32 {
             m[j] = m[j].max(g[j] & 0x7FFF_FFFF);
         }
     }
@@ -186,10 +253,10 @@ fn max_masked_u32(data: &[u32]) -> u32 {
 
 #[inline(always)]
 fn max_masked_u16(data: &[u16]) -> u32 {
-    let mut m = [0u16; 32];
-    let mut it = data.chunks_exact(32);
+    let mut m = [0u16; 64];
+    let mut it = data.chunks_exact(64);
     for g in &mut it {
-        for j in 0..32 {
+        for j in 0..64 {
             m[j] = m[j].max(g[j] & 0x7FFF);
         }
     }
@@ -197,10 +264,21 @@ fn max_masked_u16(data: &[u16]) -> u32 {
     m.iter().fold(r, |a, &b| a.max(b)) as u32
 }
 
-/// `x = round_to_dtype(f32(x) * c)` element-wise, plain scalar code.
+/// `x = round_to_dtype(f32(x) * c)` for every element of `data`.
 #[inline(always)]
-pub(crate) fn scale_scalar<T: Element>(data: &mut [T], c: f32) {
-    for x in data {
-        *x = T::from_f32_rne(x.to_f32() * c);
+pub(crate) fn scale<B: Backend, T: LaneElement>(b: B, data: &mut [T], c: f32) {
+    let cv = b.splat_f(c);
+    let step = T::scale_step::<B>();
+    let mut it = data.chunks_exact_mut(step);
+    for g in &mut it {
+        T::scale_step_in(b, g, cv);
+    }
+    let rest = it.into_remainder();
+    if !rest.is_empty() {
+        let mut pad = [T::ZERO; 2 * MAX_W];
+        pad[..rest.len()].copy_from_slice(rest);
+        T::scale_step_in(b, &mut pad[..step], cv);
+        let n = rest.len();
+        rest.copy_from_slice(&pad[..n]);
     }
 }

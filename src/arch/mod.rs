@@ -1,5 +1,12 @@
-//! Instruction-set dispatch: an [`Isa`] enum, a table of kernel function pointers per ISA, and the
-//! detection that picks the best table once per process.
+//! Instruction-set dispatch: a table of kernel function pointers per ISA, reachable only through
+//! a token that proves the CPU runs that ISA, and the detection that picks the best table once
+//! per process.
+//!
+//! Each backend module (`portable`, `x86_64`, `aarch64`) defines a token type with a checked
+//! constructor (`detect() -> Option<Token>`) and builds its private table with [`kernel_table!`]
+//! from the kernels of [`generic`], compiled inside `#[target_feature]` entry points. The table's
+//! entries are safe function pointers whose soundness rests on one fact: the only way to reach a
+//! table is the token's `kernels(self)`, and the only way to get a token is detection.
 //!
 //! The choice can be forced down with the environment variable `GRADCLIP_ISA=portable` (read once,
 //! at the first call), or per call through the `*_with_isa` functions, which tests, fuzz targets
@@ -9,56 +16,19 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
-#[cfg(target_arch = "aarch64")]
-pub(crate) mod aarch64;
-pub(crate) mod generic;
-pub(crate) mod portable;
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod x86_64;
+pub use crate::isa::Isa;
 
-/// An instruction-set level gradclip has kernels for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Isa {
-    /// Plain Rust, every target. The reference the others match bit for bit.
-    Portable,
-    /// x86_64 with AVX2, FMA and F16C, detected at run time.
-    Avx2,
-    /// x86_64 with AVX-512 F/BW/DQ/VL on top of AVX2, FMA and F16C, detected at run time.
-    Avx512,
-    /// aarch64 NEON.
-    Neon,
-}
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+pub(crate) mod generic;
+mod portable;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
 
 impl Isa {
-    /// Every ISA gradclip knows (best last within each architecture).
-    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Neon];
-
-    /// Lower-case name (`portable`, `avx2`).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Isa::Portable => "portable",
-            Isa::Avx2 => "avx2",
-            Isa::Avx512 => "avx512",
-            Isa::Neon => "neon",
-        }
-    }
-
     /// True when this CPU can run the ISA's kernels.
     pub fn is_available(self) -> bool {
-        match self {
-            Isa::Portable => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => x86_64::Avx2::is_available(),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => x86_64::Avx512::is_available(),
-            #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 | Isa::Avx512 => false,
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => aarch64::Neon::is_available(),
-            #[cfg(not(target_arch = "aarch64"))]
-            Isa::Neon => false,
-        }
+        Kernels::for_isa(self).is_some()
     }
 
     /// Every ISA this CPU can run, best last.
@@ -77,7 +47,7 @@ type SumFn<T> = fn(&[T]) -> (f64, f64);
 type MaxFn<T> = fn(&[T]) -> u32;
 type ScaleFn<T> = fn(&mut [T], f32);
 
-/// One ISA's kernels. Built only for an ISA that [`Isa::is_available`] confirmed.
+/// One ISA's kernels. Only a token that proved the ISA hands one out.
 pub(crate) struct Kernels {
     pub isa: Isa,
     pub sum_sq: (SumFn<f32>, SumFn<f16>, SumFn<bf16>),
@@ -86,44 +56,17 @@ pub(crate) struct Kernels {
     pub scale: (ScaleFn<f32>, ScaleFn<f16>, ScaleFn<bf16>),
 }
 
-static PORTABLE: Kernels = Kernels {
-    isa: Isa::Portable,
-    sum_sq: (
-        portable::sum_sq_f32,
-        portable::sum_sq_f16,
-        portable::sum_sq_bf16,
-    ),
-    sum_abs: (
-        portable::sum_abs_f32,
-        portable::sum_abs_f16,
-        portable::sum_abs_bf16,
-    ),
-    max_abs: (
-        portable::max_abs_f32,
-        portable::max_abs_f16,
-        portable::max_abs_bf16,
-    ),
-    scale: (
-        portable::scale_f32,
-        portable::scale_f16,
-        portable::scale_bf16,
-    ),
-};
-
 impl Kernels {
-    /// The table for `isa`, or `None` when this CPU cannot run it.
+    /// The table for `isa`, or `None` when this CPU (or this build's target) cannot run it.
     pub(crate) fn for_isa(isa: Isa) -> Option<&'static Kernels> {
-        if !isa.is_available() {
-            return None;
-        }
         match isa {
-            Isa::Portable => Some(&PORTABLE),
+            Isa::Portable => Some(portable::kernels()),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => Some(&x86_64::AVX2_KERNELS),
+            Isa::Avx2 => x86_64::Avx2::detect().map(x86_64::Avx2::kernels),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => Some(&x86_64::AVX512_KERNELS),
+            Isa::Avx512 => x86_64::Avx512::detect().map(x86_64::Avx512::kernels),
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon => Some(&aarch64::NEON_KERNELS),
+            Isa::Neon => aarch64::Neon::detect().map(aarch64::Neon::kernels),
             #[allow(unreachable_patterns)]
             _ => None,
         }
@@ -135,13 +78,12 @@ impl Kernels {
         static SELECTED: OnceLock<&'static Kernels> = OnceLock::new();
         SELECTED.get_or_init(|| {
             let forced = std::env::var("GRADCLIP_ISA").ok();
-            let forced = forced
-                .as_deref()
-                .and_then(|name| Isa::ALL.into_iter().find(|i| i.name() == name));
             forced
+                .as_deref()
+                .and_then(Isa::from_name)
                 .and_then(Kernels::for_isa)
                 .or_else(|| Isa::ALL.into_iter().rev().find_map(Kernels::for_isa))
-                .unwrap_or(&PORTABLE)
+                .unwrap_or(portable::kernels())
         })
     }
 }
@@ -179,3 +121,82 @@ macro_rules! kernel_for {
 kernel_for!(f32, 0);
 kernel_for!(f16, 1);
 kernel_for!(bf16, 2);
+
+/// The table of one backend, as a `static` expression: twelve entry points (sum of squares, sum
+/// of magnitudes, max of magnitudes, scale; × f32, f16, bf16), each the [`generic`] kernel
+/// instantiated for the token type and compiled with the target features given.
+///
+/// `kernel_table!(Token, Isa::X, [#[target_feature(enable = "...")]], token = EXPR)`: each entry
+/// is a safe wrapper around a function carrying the attributes given. With target features, the
+/// wrapper is sound only if it is called on a CPU that has them, so the caller must keep the
+/// table private and hand it out only through a method of a token that detection produced;
+/// `EXPR` (which builds the token inside the entry point) is evaluated only there.
+macro_rules! kernel_table {
+    ($token:ty, $isa:expr, [$(#[$attr:meta])*], token = $make:expr) => {{
+        use half::{bf16, f16};
+        use $crate::arch::generic;
+
+        macro_rules! entry {
+            ($name:ident, $t:ty, sum, $sq:literal) => {
+                fn $name(d: &[$t]) -> (f64, f64) {
+                    $(#[$attr])*
+                    fn inner(d: &[$t]) -> (f64, f64) {
+                        generic::sum_chunk::<$token, $t, $sq>($make, d)
+                    }
+                    // SAFETY: reachable only through this table, which only a token produced by
+                    // detection hands out (see `kernel_table!`), so the CPU has the features.
+                    #[allow(unused_unsafe)] // entries without target features need none
+                    unsafe {
+                        inner(d)
+                    }
+                }
+            };
+            ($name:ident, $t:ty, max) => {
+                fn $name(d: &[$t]) -> u32 {
+                    $(#[$attr])*
+                    fn inner(d: &[$t]) -> u32 {
+                        generic::max_abs_bits(d)
+                    }
+                    // SAFETY: as for the sums above.
+                    #[allow(unused_unsafe)]
+                    unsafe {
+                        inner(d)
+                    }
+                }
+            };
+            ($name:ident, $t:ty, scale) => {
+                fn $name(d: &mut [$t], c: f32) {
+                    $(#[$attr])*
+                    fn inner(d: &mut [$t], c: f32) {
+                        generic::scale::<$token, $t>($make, d, c)
+                    }
+                    // SAFETY: as for the sums above.
+                    #[allow(unused_unsafe)]
+                    unsafe {
+                        inner(d, c)
+                    }
+                }
+            };
+        }
+        entry!(sum_sq_f32, f32, sum, true);
+        entry!(sum_sq_f16, f16, sum, true);
+        entry!(sum_sq_bf16, bf16, sum, true);
+        entry!(sum_abs_f32, f32, sum, false);
+        entry!(sum_abs_f16, f16, sum, false);
+        entry!(sum_abs_bf16, bf16, sum, false);
+        entry!(max_abs_f32, f32, max);
+        entry!(max_abs_f16, f16, max);
+        entry!(max_abs_bf16, bf16, max);
+        entry!(scale_f32, f32, scale);
+        entry!(scale_f16, f16, scale);
+        entry!(scale_bf16, bf16, scale);
+        $crate::arch::Kernels {
+            isa: $isa,
+            sum_sq: (sum_sq_f32, sum_sq_f16, sum_sq_bf16),
+            sum_abs: (sum_abs_f32, sum_abs_f16, sum_abs_bf16),
+            max_abs: (max_abs_f32, max_abs_f16, max_abs_bf16),
+            scale: (scale_f32, scale_f16, scale_bf16),
+        }
+    }};
+}
+pub(crate) use kernel_table;

@@ -1,14 +1,23 @@
-//! The portable backend: plain arrays of 32 f64 lanes. Always compiled, the reference the SIMD
-//! backends must match bit for bit.
+//! The portable backend: plain arrays of 32 f64 lanes and one-lane 32-bit registers. Always
+//! compiled, the reference the SIMD backends must match bit for bit.
 
 use half::{bf16, f16};
 
-use super::generic::{self, Backend, LANES};
+use super::generic::{bf16_lane_source, Backend, LANES};
+use super::Kernels;
 use crate::dtype::Element;
+use crate::isa::Isa;
+use crate::lanes;
 
-/// Token for the portable backend (no CPU feature required).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Portable;
+/// The portable backend is plain scalar arithmetic; its token needs no CPU feature.
+pub(super) use crate::lanes::Scalar as Portable;
+
+static KERNELS: Kernels = super::kernel_table!(Portable, Isa::Portable, [], token = Portable);
+
+/// The portable kernels (every CPU runs them).
+pub(super) fn kernels() -> &'static Kernels {
+    &KERNELS
+}
 
 #[inline(always)]
 fn term<const SQ: bool>(x: f32) -> f64 {
@@ -20,10 +29,9 @@ fn term<const SQ: bool>(x: f32) -> f64 {
     }
 }
 
-// SAFETY: this is the reference implementation the contract is defined by.
-unsafe impl Backend for Portable {
-    type V = f64;
+impl Backend for Portable {
     type Acc = [f64; LANES];
+    const W: usize = 1;
 
     #[inline(always)]
     fn zero(self) -> Self::Acc {
@@ -49,78 +57,39 @@ unsafe impl Backend for Portable {
     #[inline(always)]
     fn accum_bf16<const SQ: bool>(self, mut acc: Self::Acc, g: &[bf16; LANES]) -> Self::Acc {
         for j in 0..LANES {
-            acc[j] += term::<SQ>(Element::to_f32(g[generic::bf16_lane_source(j)]));
+            acc[j] += term::<SQ>(Element::to_f32(g[bf16_lane_source(j)]));
         }
         acc
-    }
-
-    #[inline(always)]
-    fn add(self, a: f64, b: f64) -> f64 {
-        a + b
-    }
-
-    #[inline(always)]
-    fn sub(self, a: f64, b: f64) -> f64 {
-        a - b
-    }
-
-    #[inline(always)]
-    fn max(self, a: f64, b: f64) -> f64 {
-        if a >= b {
-            a
-        } else {
-            b
-        }
-    }
-
-    #[inline(always)]
-    fn min(self, a: f64, b: f64) -> f64 {
-        if a >= b {
-            b
-        } else {
-            a
-        }
     }
 
     #[inline(always)]
     fn to_array(self, a: Self::Acc) -> [f64; LANES] {
         a
     }
-}
 
-pub(crate) fn sum_sq_f32(d: &[f32]) -> (f64, f64) {
-    generic::sum_chunk::<Portable, f32, true>(Portable, d)
-}
-pub(crate) fn sum_sq_f16(d: &[f16]) -> (f64, f64) {
-    generic::sum_chunk::<Portable, f16, true>(Portable, d)
-}
-pub(crate) fn sum_sq_bf16(d: &[bf16]) -> (f64, f64) {
-    generic::sum_chunk::<Portable, bf16, true>(Portable, d)
-}
-pub(crate) fn sum_abs_f32(d: &[f32]) -> (f64, f64) {
-    generic::sum_chunk::<Portable, f32, false>(Portable, d)
-}
-pub(crate) fn sum_abs_f16(d: &[f16]) -> (f64, f64) {
-    generic::sum_chunk::<Portable, f16, false>(Portable, d)
-}
-pub(crate) fn sum_abs_bf16(d: &[bf16]) -> (f64, f64) {
-    generic::sum_chunk::<Portable, bf16, false>(Portable, d)
-}
-pub(crate) fn max_abs_f32(d: &[f32]) -> u32 {
-    generic::max_abs_bits(d)
-}
-pub(crate) fn max_abs_f16(d: &[f16]) -> u32 {
-    generic::max_abs_bits(d)
-}
-pub(crate) fn max_abs_bf16(d: &[bf16]) -> u32 {
-    generic::max_abs_bits(d)
-}
-pub(crate) fn scale_f32(d: &mut [f32], c: f32) {
-    generic::scale_scalar(d, c)
-}
-pub(crate) fn scale_f16(d: &mut [f16], c: f32) {
-    generic::scale_scalar(d, c)
-}
-pub(crate) fn scale_bf16(d: &mut [bf16], c: f32) {
-    generic::scale_scalar(d, c)
+    #[inline(always)]
+    fn load_f32(self, s: &[f32]) -> f32 {
+        s[0]
+    }
+    #[inline(always)]
+    fn store_f32(self, v: f32, s: &mut [f32]) {
+        s[0] = v;
+    }
+    #[inline(always)]
+    fn load_bf16_words(self, s: &[bf16]) -> u32 {
+        s[0].to_bits() as u32 | (s[1].to_bits() as u32) << 16
+    }
+    #[inline(always)]
+    fn store_bf16_words(self, v: u32, s: &mut [bf16]) {
+        s[0] = bf16::from_bits(v as u16);
+        s[1] = bf16::from_bits((v >> 16) as u16);
+    }
+    #[inline(always)]
+    fn load_f16(self, s: &[f16]) -> f32 {
+        lanes::f16_to_f32(self, s[0].to_bits() as u32)
+    }
+    #[inline(always)]
+    fn store_f16(self, v: f32, s: &mut [f16]) {
+        s[0] = f16::from_bits(lanes::f32_to_f16(self, v) as u16);
+    }
 }

@@ -1,29 +1,45 @@
-//! x86_64 kernels: AVX2 + FMA + F16C, detected at run time, so a default
-//! `cargo build --release` (baseline x86-64, SSE2 only) still runs 256-bit code.
+//! x86_64 backends: AVX2 + FMA + F16C, and AVX-512 (F/BW/DQ/VL) on top, detected at run time, so
+//! a default `cargo build --release` (baseline x86-64, SSE2 only) still runs 256- and 512-bit code.
 //!
-//! Only thin `#[target_feature]` entry functions live here; the loops are the generic ones,
-//! inlined into each entry through `#[inline(always)]`.
+//! Only tokens, registers and lane-wise operations live here; every loop is a [`generic`] one,
+//! compiled inside each table's `#[target_feature]` entry points.
+//!
+//! [`generic`]: super::generic
 
 use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::generic::{self, Backend, LANES};
-use super::{Isa, Kernels};
+use super::generic::{Backend, LANES};
+use super::{kernel_table, Kernels};
+use crate::compensated::F64Ops;
+use crate::isa::Isa;
+use crate::lanes::Lanes32;
 
 mod avx512;
-pub(crate) use avx512::{Avx512, AVX512_KERNELS};
+pub(super) use avx512::Avx512;
 
 /// Proof that the CPU supports AVX2, FMA and F16C. Holding one discharges those obligations.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Avx2(());
+pub(super) struct Avx2(());
+
+static AVX2_KERNELS: Kernels = kernel_table!(
+    Avx2,
+    Isa::Avx2,
+    [#[target_feature(enable = "avx2,fma,f16c")]],
+    // SAFETY: evaluated only inside the table's entry points, reachable only through
+    // `Avx2::kernels`, which needs a token from `Avx2::detect`.
+    token = unsafe { Avx2::new_unchecked() }
+);
 
 impl Avx2 {
-    /// Run-time check (cached by std).
-    pub(crate) fn is_available() -> bool {
-        std::is_x86_feature_detected!("avx2")
+    /// A token if this CPU supports AVX2, FMA and F16C (std caches the CPUID probe).
+    pub(super) fn detect() -> Option<Self> {
+        let ok = std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
+            && std::is_x86_feature_detected!("f16c");
+        // SAFETY: the features were just detected.
+        ok.then(|| unsafe { Avx2::new_unchecked() })
     }
 
     /// # Safety
@@ -32,18 +48,137 @@ impl Avx2 {
     unsafe fn new_unchecked() -> Self {
         Avx2(())
     }
+
+    /// The AVX2 kernels.
+    pub(super) fn kernels(self) -> &'static Kernels {
+        &AVX2_KERNELS
+    }
 }
 
-// SAFETY: each method performs, per lane, the same IEEE operation as the portable backend
-// (exact widening, exact square fused with one rounded add, or a rounded add of |x|; the fold is
-// the same add/max/min/sub sequence), with lane j of the result holding element j.
-unsafe impl Backend for Avx2 {
+/// `acc + x*x` (fused: the square is exact, so this equals the portable mul-then-add) or `acc + |x|`.
+///
+/// # Safety
+/// The CPU must support AVX and FMA.
+#[inline(always)]
+unsafe fn term<const SQ: bool>(acc: __m256d, x: __m256d) -> __m256d {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        if SQ {
+            _mm256_fmadd_pd(x, x, acc)
+        } else {
+            _mm256_add_pd(acc, _mm256_andnot_pd(_mm256_set1_pd(-0.0), x))
+        }
+    }
+}
+
+impl F64Ops for Avx2 {
     type V = __m256d;
+    #[inline(always)]
+    fn add(self, a: __m256d, b: __m256d) -> __m256d {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_add_pd(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m256d, b: __m256d) -> __m256d {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_sub_pd(a, b) }
+    }
+    #[inline(always)]
+    fn max(self, a: __m256d, b: __m256d) -> __m256d {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_max_pd(a, b) }
+    }
+    #[inline(always)]
+    fn min(self, a: __m256d, b: __m256d) -> __m256d {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_min_pd(a, b) }
+    }
+}
+
+impl Lanes32 for Avx2 {
+    type U = __m256i;
+    type F = __m256;
+    type M = __m256i;
+    #[inline(always)]
+    fn splat(self, x: u32) -> __m256i {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_set1_epi32(x as i32) }
+    }
+    #[inline(always)]
+    fn splat_f(self, x: f32) -> __m256 {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    fn and(self, a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: the token proves AVX2.
+        unsafe { _mm256_and_si256(a, b) }
+    }
+    #[inline(always)]
+    fn or(self, a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: the token proves AVX2.
+        unsafe { _mm256_or_si256(a, b) }
+    }
+    #[inline(always)]
+    fn add(self, a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: the token proves AVX2.
+        unsafe { _mm256_add_epi32(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: the token proves AVX2.
+        unsafe { _mm256_sub_epi32(a, b) }
+    }
+    #[inline(always)]
+    fn shl<const N: u32>(self, a: __m256i) -> __m256i {
+        // SAFETY: the token proves AVX2 (SSE2 for the count register).
+        unsafe { _mm256_sll_epi32(a, _mm_cvtsi32_si128(N as i32)) }
+    }
+    #[inline(always)]
+    fn shr<const N: u32>(self, a: __m256i) -> __m256i {
+        // SAFETY: the token proves AVX2 (SSE2 for the count register).
+        unsafe { _mm256_srl_epi32(a, _mm_cvtsi32_si128(N as i32)) }
+    }
+    #[inline(always)]
+    fn gt(self, a: __m256i, b: __m256i) -> __m256i {
+        // Signed compare: the trait promises lanes below 2^31.
+        // SAFETY: the token proves AVX2.
+        unsafe { _mm256_cmpgt_epi32(a, b) }
+    }
+    #[inline(always)]
+    fn select(self, m: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: the token proves AVX2.
+        unsafe { _mm256_blendv_epi8(b, a, m) }
+    }
+    #[inline(always)]
+    fn to_bits(self, x: __m256) -> __m256i {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_castps_si256(x) }
+    }
+    #[inline(always)]
+    fn bits_to_f(self, u: __m256i) -> __m256 {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_castsi256_ps(u) }
+    }
+    #[inline(always)]
+    fn mul_f(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    fn add_f(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_add_ps(a, b) }
+    }
+}
+
+impl Backend for Avx2 {
     type Acc = [__m256d; 8];
+    const W: usize = 8;
 
     #[inline(always)]
     fn zero(self) -> Self::Acc {
-        // SAFETY: the token proves AVX is available.
+        // SAFETY: the token proves AVX.
         unsafe { [_mm256_setzero_pd(); 8] }
     }
 
@@ -104,30 +239,6 @@ unsafe impl Backend for Avx2 {
     }
 
     #[inline(always)]
-    fn add(self, a: __m256d, b: __m256d) -> __m256d {
-        // SAFETY: the token proves AVX.
-        unsafe { _mm256_add_pd(a, b) }
-    }
-
-    #[inline(always)]
-    fn sub(self, a: __m256d, b: __m256d) -> __m256d {
-        // SAFETY: the token proves AVX.
-        unsafe { _mm256_sub_pd(a, b) }
-    }
-
-    #[inline(always)]
-    fn max(self, a: __m256d, b: __m256d) -> __m256d {
-        // SAFETY: the token proves AVX.
-        unsafe { _mm256_max_pd(a, b) }
-    }
-
-    #[inline(always)]
-    fn min(self, a: __m256d, b: __m256d) -> __m256d {
-        // SAFETY: the token proves AVX.
-        unsafe { _mm256_min_pd(a, b) }
-    }
-
-    #[inline(always)]
     fn to_array(self, a: Self::Acc) -> [f64; LANES] {
         let mut out = [0.0f64; LANES];
         // SAFETY: the token proves AVX; 8 stores of 4 doubles fill exactly `out`.
@@ -138,229 +249,44 @@ unsafe impl Backend for Avx2 {
         }
         out
     }
-}
 
-/// `acc + x*x` (fused: the square is exact, so this equals the portable mul-then-add) or `acc + |x|`.
-///
-/// # Safety
-/// The CPU must support AVX and FMA.
-#[inline(always)]
-pub(super) unsafe fn term<const SQ: bool>(acc: __m256d, x: __m256d) -> __m256d {
-    // SAFETY: forwarded to the caller.
-    unsafe {
-        if SQ {
-            _mm256_fmadd_pd(x, x, acc)
-        } else {
-            _mm256_add_pd(acc, _mm256_andnot_pd(_mm256_set1_pd(-0.0), x))
-        }
+    #[inline(always)]
+    fn load_f32(self, s: &[f32]) -> __m256 {
+        assert!(s.len() >= 8);
+        // SAFETY: the token proves AVX; 8 floats are in bounds (checked).
+        unsafe { _mm256_loadu_ps(s.as_ptr()) }
     }
-}
-
-/// Rounds eight f32 to bf16 with round-to-nearest-even, leaving each result in the upper 16 bits
-/// of its 32-bit word (the lower 16 bits are garbage). A NaN keeps its top payload bits and is
-/// quieted, exactly as [`crate::dtype::f32_to_bf16_bits_rne`]; overflow rounds to ±inf.
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[inline(always)]
-unsafe fn f32x8_round_to_bf16_high_avx2(y: __m256) -> __m256i {
-    // SAFETY: forwarded to the caller.
-    unsafe {
-        let u = _mm256_castps_si256(y);
-        let abs = _mm256_and_si256(u, _mm256_set1_epi32(0x7FFF_FFFF));
-        let is_nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7F80_0000));
-        let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(u), _mm256_set1_epi32(1));
-        let rounded = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb);
-        let quiet = _mm256_or_si256(u, _mm256_set1_epi32(0x0040_0000));
-        _mm256_blendv_epi8(rounded, quiet, is_nan)
+    #[inline(always)]
+    fn store_f32(self, v: __m256, s: &mut [f32]) {
+        assert!(s.len() >= 8);
+        // SAFETY: the token proves AVX; 8 floats are in bounds (checked).
+        unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
     }
-}
-
-/// Runs `body` on every full group of `N` and on a zero-padded copy of the tail, so the tail goes
-/// through the same vector code as the rest.
-#[inline(always)]
-pub(super) fn for_each_group<T: Copy + Default, const N: usize>(
-    data: &mut [T],
-    mut body: impl FnMut(&mut [T; N]),
-) {
-    let mut it = data.chunks_exact_mut(N);
-    for g in &mut it {
-        body(g.try_into().expect("chunks of N"));
+    #[inline(always)]
+    fn load_bf16_words(self, s: &[bf16]) -> __m256i {
+        assert!(s.len() >= 16);
+        // SAFETY: the token proves AVX; 32 bytes are in bounds (checked), unaligned load.
+        unsafe { _mm256_loadu_si256(s.as_ptr() as *const __m256i) }
     }
-    let rest = it.into_remainder();
-    if !rest.is_empty() {
-        let mut pad = [T::default(); N];
-        pad[..rest.len()].copy_from_slice(rest);
-        body(&mut pad);
-        let n = rest.len();
-        rest.copy_from_slice(&pad[..n]);
+    #[inline(always)]
+    fn store_bf16_words(self, v: __m256i, s: &mut [bf16]) {
+        assert!(s.len() >= 16);
+        // SAFETY: the token proves AVX; 32 bytes are in bounds (checked), unaligned store.
+        unsafe { _mm256_storeu_si256(s.as_mut_ptr() as *mut __m256i, v) }
     }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn scale_f32_avx2(data: &mut [f32], c: f32) {
-    let cv = _mm256_set1_ps(c);
-    for_each_group::<_, 8>(data, |g| {
-        let p = g.as_mut_ptr();
-        // SAFETY: 8 floats inside `g`; AVX enabled on this function.
-        unsafe { _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), cv)) }
-    });
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn scale_f16_avx2(data: &mut [f16], c: f32) {
-    let cv = _mm256_set1_ps(c);
-    for_each_group::<_, 8>(data, |g| {
-        let p = g.as_mut_ptr() as *mut __m128i;
-        // SAFETY: 8 halves (16 bytes) inside `g`; F16C and AVX enabled on this function.
+    #[inline(always)]
+    fn load_f16(self, s: &[f16]) -> __m256 {
+        assert!(s.len() >= 8);
+        // SAFETY: the token proves F16C; 16 bytes are in bounds (checked), unaligned load.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr() as *const __m128i)) }
+    }
+    #[inline(always)]
+    fn store_f16(self, v: __m256, s: &mut [f16]) {
+        assert!(s.len() >= 8);
+        // SAFETY: the token proves F16C; 16 bytes are in bounds (checked), unaligned store.
         unsafe {
-            let y = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(p)), cv);
-            _mm_storeu_si128(p, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(y));
-        }
-    });
-}
-
-/// bf16 scale without shuffles: 16 elements are 8 words; `word << 16` and `word & 0xFFFF0000`
-/// are the even and odd elements as f32, and the rounded results go back to the low and high
-/// halves of the words.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn scale_bf16_avx2(data: &mut [bf16], c: f32) {
-    let cv = _mm256_set1_ps(c);
-    let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
-    for_each_group::<_, 16>(data, |g| {
-        let p = g.as_mut_ptr() as *mut __m256i;
-        // SAFETY: 16 bf16 (32 bytes) inside `g`; AVX2 enabled on this function.
-        unsafe {
-            let v = _mm256_loadu_si256(p);
-            let even = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)), cv);
-            let odd = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(v, high)), cv);
-            let even = _mm256_srli_epi32::<16>(f32x8_round_to_bf16_high_avx2(even));
-            let odd = _mm256_and_si256(f32x8_round_to_bf16_high_avx2(odd), high);
-            _mm256_storeu_si256(p, _mm256_or_si256(even, odd));
-        }
-    });
-}
-
-/// Largest `bits & mask` over 32-bit words: 4 independent `vpmaxud` chains of 8 lanes.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn max_masked_u32_avx2(data: &[u32]) -> u32 {
-    let mask = _mm256_set1_epi32(0x7FFF_FFFF);
-    let mut acc = [_mm256_setzero_si256(); 4];
-    let mut it = data.chunks_exact(32);
-    for g in &mut it {
-        let p = g.as_ptr() as *const __m256i;
-        for (k, a) in acc.iter_mut().enumerate() {
-            // SAFETY: 4 loads of 8 words stay inside the 32-word group `g`.
-            let v = unsafe { _mm256_loadu_si256(p.add(k)) };
-            *a = _mm256_max_epu32(*a, _mm256_and_si256(v, mask));
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+            _mm_storeu_si128(s.as_mut_ptr() as *mut __m128i, h)
         }
     }
-    let m = _mm256_max_epu32(
-        _mm256_max_epu32(acc[0], acc[1]),
-        _mm256_max_epu32(acc[2], acc[3]),
-    );
-    let mut lanes = [0u32; 8];
-    // SAFETY: 8 words fill `lanes` exactly.
-    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, m) };
-    it.remainder()
-        .iter()
-        .map(|x| x & 0x7FFF_FFFF)
-        .chain(lanes)
-        .max()
-        .unwrap_or(0)
 }
-
-/// Largest `bits & 0x7FFF` over 16-bit words: 4 independent `vpmaxuw` chains of 16 lanes.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn max_masked_u16_avx2(data: &[u16]) -> u32 {
-    let mask = _mm256_set1_epi16(0x7FFF);
-    let mut acc = [_mm256_setzero_si256(); 4];
-    let mut it = data.chunks_exact(64);
-    for g in &mut it {
-        let p = g.as_ptr() as *const __m256i;
-        for (k, a) in acc.iter_mut().enumerate() {
-            // SAFETY: 4 loads of 16 halves stay inside the 64-element group `g`.
-            let v = unsafe { _mm256_loadu_si256(p.add(k)) };
-            *a = _mm256_max_epu16(*a, _mm256_and_si256(v, mask));
-        }
-    }
-    let m = _mm256_max_epu16(
-        _mm256_max_epu16(acc[0], acc[1]),
-        _mm256_max_epu16(acc[2], acc[3]),
-    );
-    let mut lanes = [0u16; 16];
-    // SAFETY: 16 halves fill `lanes` exactly.
-    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, m) };
-    it.remainder()
-        .iter()
-        .map(|x| x & 0x7FFF)
-        .chain(lanes)
-        .max()
-        .unwrap_or(0) as u32
-}
-
-macro_rules! avx2_sums {
-    ($( $name:ident / $inner:ident : $t:ty, $sq:literal ;)*) => {$(
-        #[target_feature(enable = "avx2,fma,f16c")]
-        fn $inner(d: &[$t]) -> (f64, f64) {
-            // SAFETY: compiled with the token's features; reachable only through AVX2_KERNELS
-            // (and AVX512_KERNELS), handed out by `Kernels::for_isa` after detection.
-            let token = unsafe { Avx2::new_unchecked() };
-            generic::sum_chunk::<Avx2, $t, $sq>(token, d)
-        }
-        fn $name(d: &[$t]) -> (f64, f64) {
-            // SAFETY: only reachable through the detected tables (see above).
-            unsafe { $inner(d) }
-        }
-    )*};
-}
-
-avx2_sums! {
-    sum_sq_f32 / sum_sq_f32_avx2: f32, true;
-    sum_sq_f16 / sum_sq_f16_avx2: f16, true;
-    sum_sq_bf16 / sum_sq_bf16_avx2: bf16, true;
-    sum_abs_f32 / sum_abs_f32_avx2: f32, false;
-    sum_abs_f16 / sum_abs_f16_avx2: f16, false;
-    sum_abs_bf16 / sum_abs_bf16_avx2: bf16, false;
-}
-
-/// Safe wrappers over the `#[target_feature]` max and scale kernels.
-macro_rules! avx2_wrappers {
-    ($( $name:ident => $inner:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty ;)*) => {$(
-        pub(super) fn $name($($arg: $ty),*) -> $ret {
-            // SAFETY: only reachable through AVX2_KERNELS / AVX512_KERNELS, which
-            // `Kernels::for_isa` hands out after `Avx2::is_available()`.
-            unsafe { $inner($($arg),*) }
-        }
-    )*};
-}
-
-avx2_wrappers! {
-    max_abs_f32 => max_abs_f32_avx2(d: &[f32]) -> u32;
-    max_abs_f16 => max_abs_f16_avx2(d: &[f16]) -> u32;
-    max_abs_bf16 => max_abs_bf16_avx2(d: &[bf16]) -> u32;
-    scale_f32 => scale_f32_avx2(d: &mut [f32], c: f32) -> ();
-    scale_f16 => scale_f16_avx2(d: &mut [f16], c: f32) -> ();
-    scale_bf16 => scale_bf16_avx2(d: &mut [bf16], c: f32) -> ();
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn max_abs_f32_avx2(d: &[f32]) -> u32 {
-    max_masked_u32_avx2(bytemuck::cast_slice(d))
-}
-#[target_feature(enable = "avx2,fma,f16c")]
-fn max_abs_f16_avx2(d: &[f16]) -> u32 {
-    max_masked_u16_avx2(bytemuck::cast_slice(d))
-}
-#[target_feature(enable = "avx2,fma,f16c")]
-fn max_abs_bf16_avx2(d: &[bf16]) -> u32 {
-    max_masked_u16_avx2(bytemuck::cast_slice(d))
-}
-
-pub(crate) static AVX2_KERNELS: Kernels = Kernels {
-    isa: Isa::Avx2,
-    sum_sq: (sum_sq_f32, sum_sq_f16, sum_sq_bf16),
-    sum_abs: (sum_abs_f32, sum_abs_f16, sum_abs_bf16),
-    max_abs: (max_abs_f32, max_abs_f16, max_abs_bf16),
-    scale: (scale_f32, scale_f16, scale_bf16),
-};

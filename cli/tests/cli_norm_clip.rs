@@ -1,12 +1,11 @@
 //! End-to-end tests of `gradclip norm` and `gradclip clip`: safetensors files are generated in
 //! temporary folders, the release binary is run, and every JSON field, exit code and output bit
 //! is checked against values computed here, independently of the library.
-#![cfg(feature = "cli")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use half::{bf16, f16};
+use gradclip::{bf16, f16};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 //! `gradclip demo`: a vanilla tanh RNN on the adding problem, with and without the defences
 //! against exploding gradients, measured and reported. All numerics live in the library
-//! ([`gradclip::rnn`], [`gradclip::monitor`], [`gradclip::stabilize`]); this file chooses the
+//! ([`crate::rnn`], [`gradclip::monitor`], [`gradclip::stabilize`]); this file chooses the
 //! experiments, formats the report and draws the figures.
 //!
 //! Sections: (1) the gradient flow ‖∂L/∂h_t‖ at initialisation for W_hh = γ·Q, γ ∈ {0.9, 1, 1.5},
@@ -22,13 +22,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use gradclip::advisor::{advise, RunFacts};
-use gradclip::monitor::{MonitorConfig, Symptom};
-use gradclip::rng::Rng;
-use gradclip::rnn::{
+use crate::rnn::{
     gradient_flow, train, AddingBatch, Defences, MarkerLayout, RecurrentInit, Rnn, TrainConfig,
     TrainOutcome,
 };
+use gradclip::advisor::{advise, RunFacts};
+use gradclip::monitor::{MonitorConfig, Symptom};
+use gradclip::rng::Rng;
 use gradclip::stabilize::{spectral_radius_exact, spectral_radius_power, SpectralNorm};
 use gradclip::ToolkitError;
 
@@ -402,7 +402,7 @@ fn training_section(
             o.seconds
         );
     }
-    let sparks = |title: &str, f: &dyn Fn(&gradclip::rnn::StepRecord) -> f64| {
+    let sparks = |title: &str, f: &dyn Fn(&crate::rnn::StepRecord) -> f64| {
         // Scale on the runs that stayed finite; a blown-up run saturates at █.
         let finite_runs = out.iter().filter(|(_, o)| o.nan_step.is_none());
         let (lo, hi) = log_range(finite_runs.flat_map(|(_, o)| o.records.iter().map(f)));
@@ -804,30 +804,29 @@ fn write_outputs(
         None,
     )?;
     // Per-step series, smoothed by a trailing moving average (non-finite values stay non-finite).
-    let run_series =
-        |f: &dyn Fn(&gradclip::rnn::StepRecord) -> f64, window: usize| -> Vec<Series> {
-            outcomes
-                .iter()
-                .enumerate()
-                .map(|(i, (s, o))| {
-                    let raw: Vec<f64> = o.records.iter().map(f).collect();
-                    let points = (0..raw.len())
-                        .map(|k| {
-                            let w = &raw[k + 1 - window.min(k + 1)..=k];
-                            (k as f64, w.iter().sum::<f64>() / w.len() as f64)
-                        })
-                        .collect();
-                    Series {
-                        label: format!("({}) {}", s.key, s.name),
-                        points,
-                        dashed: false,
-                        color: i,
-                    }
-                })
-                .collect()
-        };
+    let run_series = |f: &dyn Fn(&crate::rnn::StepRecord) -> f64, window: usize| -> Vec<Series> {
+        outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, (s, o))| {
+                let raw: Vec<f64> = o.records.iter().map(f).collect();
+                let points = (0..raw.len())
+                    .map(|k| {
+                        let w = &raw[k + 1 - window.min(k + 1)..=k];
+                        (k as f64, w.iter().sum::<f64>() / w.len() as f64)
+                    })
+                    .collect();
+                Series {
+                    label: format!("({}) {}", s.key, s.name),
+                    points,
+                    dashed: false,
+                    color: i,
+                }
+            })
+            .collect()
+    };
     // Cap the y axis at 100× the largest value of the runs that stayed finite.
-    let cap = |f: &dyn Fn(&gradclip::rnn::StepRecord) -> f64| {
+    let cap = |f: &dyn Fn(&crate::rnn::StepRecord) -> f64| {
         let finite = outcomes.iter().filter(|(_, o)| o.nan_step.is_none());
         let (_, hi) = log_range(finite.flat_map(|(_, o)| o.records.iter().map(f)));
         Some(hi * 100.0)

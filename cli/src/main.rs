@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod cli;
+use gradclip_cli as cli;
 
 #[derive(Parser)]
 #[command(

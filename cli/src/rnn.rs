@@ -1,5 +1,5 @@
 //! A vanilla tanh RNN trained with backpropagation through time (BPTT) on the adding problem:
-//! the compute behind `gradclip demo`, kept in the library so that tests can drive it. Pure
+//! the compute behind `gradclip demo`, kept in the CLI's library so that tests can drive it. Pure
 //! computation: nothing prints; norms and clipping go through the crate's kernels.
 //!
 //! Model (hidden size H, input size 2, one scalar output after the last step):
@@ -36,11 +36,11 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::monitor::{GradientMonitor, MonitorConfig, Observation, Symptoms};
-use crate::rng::Rng;
-use crate::stabilize::{SpectralNorm, SPECTRAL_EPS};
-use crate::toolkit_error::ToolkitError;
-use crate::{
+use gradclip::monitor::{GradientMonitor, MonitorConfig, Observation, Symptoms};
+use gradclip::rng::Rng;
+use gradclip::stabilize::{SpectralNorm, SPECTRAL_EPS};
+use gradclip::ToolkitError;
+use gradclip::{
     buffer_norm, clip_grad_norm_, get_total_norm, ClipOptions, Grad, GradMut, NonFinitePolicy,
     NormType,
 };
@@ -160,7 +160,7 @@ const MAX_BATCH_ELEMS: usize = 1 << 28;
 impl Rnn {
     /// A network of hidden size `hidden` with `W_hh` from `init`, drawn from `rng`.
     pub fn new(hidden: usize, init: RecurrentInit, rng: &mut Rng) -> Result<Self, ToolkitError> {
-        use crate::stabilize::{orthogonal_, xavier_uniform_};
+        use gradclip::stabilize::{orthogonal_, xavier_uniform_};
         if !(1..=MAX_HIDDEN).contains(&hidden) {
             return Err(ToolkitError::param(
                 "hidden",

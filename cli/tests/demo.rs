@@ -2,12 +2,11 @@
 //! qualitative outcome holds — without clipping the σ = 1.5 run blows up (NaN/inf), and a
 //! symptom that never fires in the clipped run fires in it before the NaN; with clipping it stays
 //! finite and the held-out loss falls. A longer run of (c) beats the predict-the-mean baseline.
-#![cfg(all(feature = "cli", feature = "linalg"))]
 
 use std::process::Command;
 
 use gradclip::monitor::MonitorConfig;
-use gradclip::rnn::{train, Defences, MarkerLayout, RecurrentInit, TrainConfig};
+use gradclip_cli::rnn::{train, Defences, MarkerLayout, RecurrentInit, TrainConfig};
 
 struct Row {
     key: String,

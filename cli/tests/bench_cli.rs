@@ -1,5 +1,4 @@
 //! `gradclip bench --json`: one object per line, the documented keys in the documented order.
-#![cfg(feature = "cli")]
 
 use std::process::Command;
 
