@@ -51,6 +51,8 @@ mod partial;
 // The public operations.
 mod clip;
 mod norm;
+// Checks for bindings that build views from raw memory.
+pub mod overlap;
 // Oracles and rooflines for tests, fuzzing and benches.
 pub mod baseline;
 pub mod reference;
