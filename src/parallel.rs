@@ -54,6 +54,7 @@ pub(crate) const fn set_split(n: usize) -> usize {
 
 /// Merges per-buffer partials in the tree [`reduce_set`] uses over a set of buffers, so the
 /// result has the bits of one call over all of them (`empty` for no buffer).
+#[cfg(feature = "safetensors")]
 pub(crate) fn merge_set(parts: &[NormPartial], empty: NormPartial) -> NormPartial {
     match parts {
         [] => empty,
