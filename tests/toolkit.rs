@@ -964,9 +964,11 @@ fn absurd_sizes_are_errors_not_panics() {
 }
 
 #[test]
-fn zclip_does_not_freeze_on_constant_warmup() {
+fn zclip_floor_does_not_freeze_on_constant_warmup() {
+    // The opt-in floor (the default is the published rule, which freezes; see below).
     let cfg = ZClipConfig {
         max_norm: None,
+        min_rel_std: ZCLIP_MIN_REL_STD,
         ..ZClipConfig::default()
     };
     let mut z = ZClip::new(cfg).unwrap();
@@ -992,10 +994,11 @@ fn zclip_does_not_freeze_on_constant_warmup() {
     assert!(mu > 0.8 * g, "μ = {mu} vs norm {g}");
     assert!(clipped < 20, "{clipped} of 400 steps clipped");
 
-    // Without the floor (the authors' code) it freezes: the check above is not vacuous.
+    // The default, the authors' rule, freezes: the check above is not vacuous. Every norm of
+    // the rise is clipped to the warm-up mean.
     let mut frozen = ZClip::new(ZClipConfig {
-        min_rel_std: 0.0,
-        ..cfg
+        max_norm: None,
+        ..ZClipConfig::default()
     })
     .unwrap();
     for _ in 0..cfg.warmup_steps {
@@ -1004,7 +1007,8 @@ fn zclip_does_not_freeze_on_constant_warmup() {
     let mut g = 1.0;
     for _ in 0..400 {
         g *= 1.005;
-        frozen.observe(g);
+        let t = frozen.observe(g).threshold.unwrap();
+        assert!((t - 1.0).abs() < 1e-9, "{t}");
     }
     assert!(frozen.stats().unwrap().0 < 1.01);
 
@@ -1034,7 +1038,7 @@ fn published_defaults() {
     assert_eq!(z.clip_factor, 1.0);
     assert_eq!(z.max_norm, Some(1.0), "the authors' max_grad_norm");
     assert!(!z.skip_update_on_spike);
-    assert_eq!(z.min_rel_std, ZCLIP_MIN_REL_STD);
+    assert_eq!(z.min_rel_std, 0.0, "no σ floor: the published rule");
     assert_eq!(AutoClip::DEFAULT_PERCENTILE, 10.0);
     let a = AgcOptions::default();
     assert_eq!((a.clipping, a.eps), (0.01, 1e-3));

@@ -1,0 +1,239 @@
+//! The toolkit against the numbers of the anchors its docs cite, recorded in
+//! `tests/fixtures/*.json` by the scripts in `scripts/`:
+//!
+//! - ZClip against the published rule (a transcription of the reference code of Kumar et al.,
+//!   `scripts/make_zclip_fixtures.py`), and the opt-in σ floor against its documented effect;
+//!
+//! Run with `--nocapture` to see the measured agreement.
+
+use gradclip::monitor::{ZClip, ZClipConfig, ZClipMode, ZCLIP_MIN_REL_STD};
+use serde_json::Value;
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    if a == b {
+        0.0
+    } else {
+        (a - b).abs() / b.abs().max(f64::MIN_POSITIVE)
+    }
+}
+
+// ---------------------------------------------------------------- ZClip
+
+fn zclip_config(params: &Value) -> ZClipConfig {
+    let p = |k: &str| params[k].as_f64().unwrap();
+    ZClipConfig {
+        alpha: p("alpha"),
+        z_thresh: p("z_thresh"),
+        warmup_steps: params["warmup_steps"].as_u64().unwrap() as usize,
+        eps: p("eps"),
+        mode: match params["clip_option"].as_str().unwrap() {
+            "adaptive_scaling" => ZClipMode::AdaptiveScaling,
+            "mean" => ZClipMode::Mean,
+            other => panic!("clip_option {other}"),
+        },
+        clip_factor: p("clip_factor"),
+        max_norm: params["max_grad_norm"].as_f64(),
+        skip_update_on_spike: params["skip_update_on_spike"].as_bool().unwrap(),
+        // Not set: the crate's default must be the published rule.
+        ..ZClipConfig::default()
+    }
+}
+
+struct ZRun {
+    thresholds: Vec<Option<f64>>,
+    z: Vec<Option<f64>>,
+    spikes: Vec<bool>,
+    /// `(μ, √v)` before each step (None during warm-up).
+    stats_before: Vec<Option<(f64, f64)>>,
+}
+
+fn run_zclip(cfg: ZClipConfig, norms: &[f64]) -> (ZRun, ZClip) {
+    let mut zc = ZClip::new(cfg).unwrap();
+    let mut r = ZRun {
+        thresholds: Vec::new(),
+        z: Vec::new(),
+        spikes: Vec::new(),
+        stats_before: Vec::new(),
+    };
+    for &g in norms {
+        r.stats_before.push(zc.stats());
+        let d = zc.observe(g);
+        r.thresholds.push(d.threshold);
+        r.z.push(d.z);
+        r.spikes.push(d.spike);
+    }
+    (r, zc)
+}
+
+/// ZClip's tolerance against the transcription: thresholds, z and the final statistics agree
+/// to rounding. The two differ only in association (`(1 − α)·d·d` against `(1 − α)·d²`, and
+/// the warm-up sum on Python ≥ 3.12), a few ulps per step that the EMA multiplies by α < 1,
+/// so they do not grow. Measured (printed): thresholds and final statistics ≤ 4e-16, z ≤ 5.1e-15
+/// (`z = (‖g‖ − μ)/(σ + eps)` magnifies an ulp of μ by `μ/(‖g‖ − μ)`). Decisions must agree
+/// exactly.
+const ZCLIP_REL_TOL: f64 = 1e-12;
+
+#[test]
+fn zclip_default_is_the_published_rule() {
+    let fx = fixture("zclip_reference.json");
+    let streams = &fx["streams"];
+    let (mut worst_t, mut worst_z, mut worst_stat, mut runs, mut steps) = (0f64, 0f64, 0f64, 0, 0);
+    for run in fx["runs"].as_array().unwrap() {
+        let name = format!("{} / {}", run["stream"], run["config"]);
+        let norms = f64s(&streams[run["stream"].as_str().unwrap()]);
+        let cfg = zclip_config(&run["params"]);
+        assert_eq!(cfg.min_rel_std, 0.0);
+        let (r, zc) = run_zclip(cfg, &norms);
+        // Clipped steps and values.
+        let expected: Vec<(usize, f64)> = run["clipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c[0].as_u64().unwrap() as usize, c[1].as_f64().unwrap()))
+            .collect();
+        let got: Vec<(usize, f64)> = r
+            .thresholds
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.map(|t| (i, t)))
+            .collect();
+        assert_eq!(
+            got.iter().map(|c| c.0).collect::<Vec<_>>(),
+            expected.iter().map(|c| c.0).collect::<Vec<_>>(),
+            "{name}: clipped steps"
+        );
+        for ((i, a), (_, b)) in got.iter().zip(&expected) {
+            let e = rel(*a, *b);
+            assert!(e <= ZCLIP_REL_TOL, "{name} step {i}: {a} vs {b}");
+            worst_t = worst_t.max(e);
+        }
+        // Spike flags.
+        let spikes: Vec<usize> = r
+            .spikes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.then_some(i))
+            .collect();
+        let expected_spikes: Vec<usize> = run["spikes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(spikes, expected_spikes, "{name}: spikes");
+        // z-scores at the sampled steps.
+        for s in run["z"].as_array().unwrap() {
+            let i = s[0].as_u64().unwrap() as usize;
+            let z = r.z[i].unwrap_or_else(|| panic!("{name}: no z at {i}"));
+            let e = rel(z, s[1].as_f64().unwrap());
+            assert!(e <= ZCLIP_REL_TOL, "{name} step {i}: z {z} vs {}", s[1]);
+            worst_z = worst_z.max(e);
+        }
+        let (mu, sd) = zc.stats().unwrap();
+        for (a, b) in [(mu, &run["final_mean"]), (sd, &run["final_std"])] {
+            let e = rel(a, b.as_f64().unwrap());
+            assert!(e <= ZCLIP_REL_TOL, "{name}: final stats {a} vs {b}");
+            worst_stat = worst_stat.max(e);
+        }
+        runs += 1;
+        steps += norms.len();
+    }
+    assert_eq!(runs, 30);
+    println!(
+        "ZClip vs reference: {runs} runs, {steps} steps, 0 mismatched decisions; max relative \
+         difference: thresholds {worst_t:.1e}, z {worst_z:.1e}, final (μ, σ) {worst_stat:.1e}"
+    );
+}
+
+/// The published rule flags moderate jumps on a low-noise run that the σ floor hides; the floor
+/// changes a decision only where the docs say it can, and nothing on streams where it never binds.
+#[test]
+fn zclip_floor_changes_decisions_only_where_documented() {
+    let fx = fixture("zclip_reference.json");
+    let streams = fx["streams"].as_object().unwrap();
+    let published = ZClipConfig {
+        max_norm: None,
+        ..ZClipConfig::default()
+    };
+    let floored = ZClipConfig {
+        min_rel_std: ZCLIP_MIN_REL_STD,
+        ..published
+    };
+    let f = floored.min_rel_std;
+    let mut diverged = Vec::new();
+    for (name, norms) in streams {
+        let norms = f64s(norms);
+        let (a, _) = run_zclip(published, &norms);
+        let (b, _) = run_zclip(floored, &norms);
+        let first = (0..norms.len()).find(|&i| a.thresholds[i] != b.thresholds[i]);
+        let n_a = a.spikes.iter().filter(|s| **s).count();
+        let n_b = b.spikes.iter().filter(|s| **s).count();
+        println!("{name:>26}: published rule {n_a:4} spikes, with floor 0.05 {n_b:4}, first difference {first:?}");
+        let Some(i) = first else {
+            continue;
+        };
+        diverged.push(name.clone());
+        // Same state up to step i (same decisions, same arithmetic while the floor is idle).
+        assert_eq!(a.stats_before[i], b.stats_before[i], "{name}");
+        let (mu, sd) = a.stats_before[i].expect("after warm-up");
+        assert!(
+            sd < f * mu.abs(),
+            "{name} step {i}: the floor does not bind"
+        );
+        let z = a.z[i].unwrap();
+        assert!(
+            z > published.z_thresh,
+            "{name} step {i}: not a published spike"
+        );
+        assert!(a.spikes[i]);
+        // Either not a spike with the floor, or clipped to a higher value.
+        match (b.spikes[i], a.thresholds[i], b.thresholds[i]) {
+            (false, _, None) => {
+                let band = mu + published.z_thresh * (f * mu.abs() + published.eps);
+                assert!(norms[i] <= band, "{name} step {i}");
+            }
+            (true, Some(ta), Some(tb)) => assert!(tb > ta, "{name} step {i}"),
+            other => panic!("{name} step {i}: {other:?}"),
+        }
+    }
+    // Low-variance runs are where the default matters; 10 % and 30 % noise are untouched.
+    for s in ["noise_1pct", "noise_5pct", "constant_warmup_then_rise"] {
+        assert!(diverged.iter().any(|d| d == s), "{s} should be affected");
+    }
+    for s in ["noise_10pct", "lognormal_30pct"] {
+        assert!(!diverged.iter().any(|d| d == s), "{s} should be unaffected");
+    }
+    // On the 1 % stream: a ×1.1 jump the published rule clips and the floor lets through.
+    let norms = f64s(&fx["streams"]["noise_1pct"]);
+    let (a, _) = run_zclip(published, &norms);
+    let jump = (26..norms.len())
+        .filter(|&i| a.spikes[i])
+        .find(|&i| {
+            let (mu, _) = a.stats_before[i].unwrap();
+            (1.07..1.13).contains(&(norms[i] / mu))
+        })
+        .expect("a 10 % jump is flagged on the 1 % stream");
+    let (mu, sd) = a.stats_before[jump].unwrap();
+    let z_floor = (norms[jump] - mu) / (sd.max(f * mu) + published.eps);
+    println!(
+        "1 % noise, step {jump}: norm/μ = {:.3}, z = {:.1} (published) vs {z_floor:.2} (floor 0.05); clipped to {:.4}",
+        norms[jump] / mu,
+        a.z[jump].unwrap(),
+        a.thresholds[jump].unwrap()
+    );
+    assert!(z_floor < published.z_thresh);
+}
