@@ -12,7 +12,7 @@ use gradclip::rng::Rng;
 use gradclip::rnn::{AddingBatch, MarkerLayout, RecurrentInit, Rnn};
 use gradclip::stabilize::{
     normal_, orthogonal_, set_spectral_norm_, spectral_normalize_, spectral_radius_exact,
-    spectral_radius_power, xavier_uniform_, zeros_, SpectralNorm,
+    spectral_radius_power, xavier_uniform_, zeros_, SpectralNorm, SpectralNormApi,
 };
 use gradclip::{GradMut, ToolkitError};
 use nalgebra::DMatrix;
@@ -525,14 +525,35 @@ fn spectral_norm_rejects_bad_shapes() {
     let mut sz = SpectralNorm::new(&z, 2, 3, 1, &mut rng).unwrap();
     assert_eq!(spectral_normalize_(&mut z, &mut sz).unwrap(), 0.0);
     assert!(z.iter().all(|x| *x == 0.0));
-    // u never collapses to the zero vector (PyTorch's u does, and σ then stays 0 forever) ...
-    let nu: f64 = sz.u().iter().map(|x| x * x).sum::<f64>().sqrt();
-    assert!((nu - 1.0).abs() < 1e-12, "‖u‖ = {nu}");
+    // u and v never collapse to the zero vector (PyTorch's u does, and σ then stays 0
+    // forever) ...
+    let unit = |x: &[f64]| (x.iter().map(|a| a * a).sum::<f64>().sqrt() - 1.0).abs() < 1e-12;
+    assert!(unit(sz.u()) && unit(sz.v()), "{:?} {:?}", sz.u(), sz.v());
     // ... so once W is non-zero, σ recovers: rank one, σ = ‖(1, 2)‖ · ‖(1, 2, 3)‖.
     let w1 = vec![1.0f32, 2.0, 3.0, 2.0, 4.0, 6.0];
     let s1 = sz.sigma(&w1).unwrap();
     let exact = 5f64.sqrt() * 14f64.sqrt();
     assert!((s1 - exact).abs() < 1e-9 * exact, "{s1} vs {exact}");
+    // The same with the legacy order, and with a v orthogonal to W's rows: W = [[0, 1]],
+    // v = (1, 0) makes W v = 0, so v is re-drawn instead of u becoming 0.
+    let mut sl =
+        SpectralNorm::with_api(&z, 2, 3, 1, SpectralNormApi::LegacyHook, &mut rng).unwrap();
+    assert_eq!(sl.sigma(&z).unwrap(), 0.0);
+    assert!(unit(sl.u()) && unit(sl.v()));
+    assert!((sl.sigma(&w1).unwrap() - exact).abs() < 1e-9 * exact);
+    let e2 = [0.0f64, 1.0];
+    let mut so = SpectralNorm::from_start_vectors(
+        &e2,
+        1,
+        2,
+        1,
+        SpectralNormApi::Parametrization,
+        &[1.0],
+        &[1.0, 0.0],
+    )
+    .unwrap();
+    assert!(unit(so.u()) && unit(so.v()));
+    assert!((so.sigma(&e2).unwrap() - 1.0).abs() < 1e-12);
 }
 
 #[test]
