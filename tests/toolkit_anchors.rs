@@ -5,11 +5,14 @@
 //!   `scripts/make_zclip_fixtures.py`), and the opt-in σ floor against its documented effect;
 //! - spectral norm against PyTorch's own states (`scripts/make_spectral_fixtures.py`, float64):
 //!   `torch.nn.utils.parametrizations.spectral_norm` and the legacy hook;
+//! - AutoClip against the authors' rule with `np.percentile` and `clip_grad_norm_`
+//!   (`scripts/make_autoclip_fixtures.py`), including the deliberate zero-threshold difference.
 //!
 //! Run with `--nocapture` to see the measured agreement.
 
-use gradclip::monitor::{ZClip, ZClipConfig, ZClipMode, ZCLIP_MIN_REL_STD};
+use gradclip::monitor::{AutoClip, ZClip, ZClipConfig, ZClipMode, ZCLIP_MIN_REL_STD};
 use gradclip::stabilize::{SpectralNorm, SpectralNormApi};
+use gradclip::GradMut;
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
@@ -449,4 +452,93 @@ fn spectral_norm_apis_differ_before_convergence() {
     let mut bad = u0.clone();
     bad[3] = f64::NAN;
     assert!(SpectralNorm::from_start_vectors(&w, rows, cols, 1, api, &bad, &v0).is_err());
+}
+
+// ---------------------------------------------------------------- AutoClip
+
+#[test]
+fn autoclip_matches_reference_except_zero_thresholds() {
+    let fx = fixture("autoclip_reference.json");
+    let (mut worst_t, mut worst_g, mut kept, mut compared) = (0f64, 0f64, 0, 0);
+    for run in fx["runs"].as_array().unwrap() {
+        let name = run["name"].as_str().unwrap();
+        // Exact norms (Pythagorean pairs): the thresholds must agree to NumPy's interpolation
+        // rounding. Random f32 gradients: the reference's history holds f32-rounded norms.
+        let exact = name.starts_with("issue13");
+        let t_tol = if exact { 1e-15 } else { 1e-6 };
+        let mut ac = AutoClip::new(run["percentile"].as_f64().unwrap()).unwrap();
+        for (i, step) in run["steps"].as_array().unwrap().iter().enumerate() {
+            let grad: Vec<f32> = f64s(&step["grad"]).iter().map(|x| *x as f32).collect();
+            let want = f64s(&step["out"]);
+            let t_ref = step["threshold"].as_f64().unwrap();
+            let mut g = grad.clone();
+            let report = ac.clip_(&mut [GradMut::from(&mut g)]).unwrap();
+            let t = ac.threshold().unwrap();
+            let e = if t_ref == 0.0 { t.abs() } else { rel(t, t_ref) };
+            assert!(e <= t_tol, "{name} step {i}: threshold {t} vs {t_ref}");
+            worst_t = worst_t.max(if exact { e } else { 0.0 });
+            let nonzero = grad.iter().any(|x| *x != 0.0);
+            if t_ref == 0.0 && nonzero {
+                // The deliberate difference: the reference zeroes, the crate leaves g as is.
+                assert!(
+                    want.iter().all(|x| *x == 0.0),
+                    "{name} step {i}: reference kept g"
+                );
+                assert_eq!(t, 0.0);
+                assert_eq!(g, grad, "{name} step {i}: gradient changed");
+                assert!(!report.clipped && report.clip_coef == 1.0);
+                kept += 1;
+            } else {
+                for (a, b) in g.iter().zip(&want) {
+                    // f32 norm and coefficient in torch, f64 here: a few f32 ulps.
+                    let d = (*a as f64 - b).abs() / b.abs().max(1e-30);
+                    assert!(
+                        d <= 1e-6 || *a as f64 == *b,
+                        "{name} step {i}: {g:?} vs {want:?}"
+                    );
+                    worst_g = worst_g.max(if *a as f64 == *b { 0.0 } else { d });
+                }
+                compared += 1;
+            }
+        }
+    }
+    // Issue 13: 72 steps after nine zeros, plus the zero-heavy mixed runs.
+    assert_eq!(kept, 72 + 87 + 27);
+    println!(
+        "AutoClip vs reference: {compared} steps agree (thresholds on exact norms within \
+         {worst_t:.1e} relative, clipped gradients within {worst_g:.1e} relative); {kept} steps \
+         where the reference zeroes a non-zero gradient are left unchanged by design"
+    );
+}
+
+#[test]
+fn autoclip_issue13_example() {
+    // p = 10, nine zero gradients, then g = [3, 4]: threshold 0, g unchanged.
+    let mut ac = AutoClip::new(10.0).unwrap();
+    for _ in 0..9 {
+        let mut z = [0.0f32; 2];
+        ac.clip_(&mut [GradMut::from(&mut z[..])]).unwrap();
+    }
+    let mut g = [3.0f32, 4.0];
+    let r = ac.clip_(&mut [GradMut::from(&mut g[..])]).unwrap();
+    assert_eq!(ac.threshold(), Some(0.0));
+    assert_eq!(g, [3.0, 4.0]);
+    assert!(!r.clipped);
+    assert_eq!(r.total_norm, 5.0);
+    // The history keeps the zeros: the threshold turns positive with the 82nd norm, and from
+    // then on g is clipped as the reference clips it.
+    for n in 11..=82 {
+        let mut g = [3.0f32, 4.0];
+        let r = ac.clip_(&mut [GradMut::from(&mut g[..])]).unwrap();
+        if n < 82 {
+            assert_eq!((ac.threshold(), g), (Some(0.0), [3.0, 4.0]), "norm {n}");
+        } else {
+            // 5 · (0.1 · 81 − 8) in f64, as np.percentile gives it.
+            let t = ac.threshold().unwrap();
+            assert_eq!(t, 0.4999999999999982);
+            assert!(r.clipped);
+            let norm = (g[0] as f64).hypot(g[1] as f64);
+            assert!((norm - 0.5).abs() < 1e-6, "{norm}");
+        }
+    }
 }
