@@ -11,7 +11,7 @@ use gradclip::monitor::{
 use gradclip::rng::Rng;
 use gradclip::stabilize::{
     normal_, orthogonal_, set_spectral_norm_, spectral_normalize_, spectral_radius_exact,
-    spectral_radius_power, xavier_uniform_, zeros_, SpectralNorm,
+    spectral_radius_power, xavier_uniform_, zeros_, SpectralNorm, SpectralNormApi,
 };
 use gradclip::{GradMut, ToolkitError};
 use nalgebra::DMatrix;
@@ -524,14 +524,35 @@ fn spectral_norm_rejects_bad_shapes() {
     let mut sz = SpectralNorm::new(&z, 2, 3, 1, &mut rng).unwrap();
     assert_eq!(spectral_normalize_(&mut z, &mut sz).unwrap(), 0.0);
     assert!(z.iter().all(|x| *x == 0.0));
-    // u never collapses to the zero vector (PyTorch's u does, and σ then stays 0 forever) ...
-    let nu: f64 = sz.u().iter().map(|x| x * x).sum::<f64>().sqrt();
-    assert!((nu - 1.0).abs() < 1e-12, "‖u‖ = {nu}");
+    // u and v never collapse to the zero vector (PyTorch's u does, and σ then stays 0
+    // forever) ...
+    let unit = |x: &[f64]| (x.iter().map(|a| a * a).sum::<f64>().sqrt() - 1.0).abs() < 1e-12;
+    assert!(unit(sz.u()) && unit(sz.v()), "{:?} {:?}", sz.u(), sz.v());
     // ... so once W is non-zero, σ recovers: rank one, σ = ‖(1, 2)‖ · ‖(1, 2, 3)‖.
     let w1 = vec![1.0f32, 2.0, 3.0, 2.0, 4.0, 6.0];
     let s1 = sz.sigma(&w1).unwrap();
     let exact = 5f64.sqrt() * 14f64.sqrt();
     assert!((s1 - exact).abs() < 1e-9 * exact, "{s1} vs {exact}");
+    // The same with the legacy order, and with a v orthogonal to W's rows: W = [[0, 1]],
+    // v = (1, 0) makes W v = 0, so v is re-drawn instead of u becoming 0.
+    let mut sl =
+        SpectralNorm::with_api(&z, 2, 3, 1, SpectralNormApi::LegacyHook, &mut rng).unwrap();
+    assert_eq!(sl.sigma(&z).unwrap(), 0.0);
+    assert!(unit(sl.u()) && unit(sl.v()));
+    assert!((sl.sigma(&w1).unwrap() - exact).abs() < 1e-9 * exact);
+    let e2 = [0.0f64, 1.0];
+    let mut so = SpectralNorm::from_start_vectors(
+        &e2,
+        1,
+        2,
+        1,
+        SpectralNormApi::Parametrization,
+        &[1.0],
+        &[1.0, 0.0],
+    )
+    .unwrap();
+    assert!(unit(so.u()) && unit(so.v()));
+    assert!((so.sigma(&e2).unwrap() - 1.0).abs() < 1e-12);
 }
 
 #[test]
@@ -880,9 +901,11 @@ fn absurd_sizes_are_errors_not_panics() {
 }
 
 #[test]
-fn zclip_does_not_freeze_on_constant_warmup() {
+fn zclip_floor_does_not_freeze_on_constant_warmup() {
+    // The opt-in floor (the default is the published rule, which freezes; see below).
     let cfg = ZClipConfig {
         max_norm: None,
+        min_rel_std: ZCLIP_MIN_REL_STD,
         ..ZClipConfig::default()
     };
     let mut z = ZClip::new(cfg).unwrap();
@@ -908,10 +931,11 @@ fn zclip_does_not_freeze_on_constant_warmup() {
     assert!(mu > 0.8 * g, "μ = {mu} vs norm {g}");
     assert!(clipped < 20, "{clipped} of 400 steps clipped");
 
-    // Without the floor (the authors' code) it freezes: the check above is not vacuous.
+    // The default, the authors' rule, freezes: the check above is not vacuous. Every norm of
+    // the rise is clipped to the warm-up mean.
     let mut frozen = ZClip::new(ZClipConfig {
-        min_rel_std: 0.0,
-        ..cfg
+        max_norm: None,
+        ..ZClipConfig::default()
     })
     .unwrap();
     for _ in 0..cfg.warmup_steps {
@@ -920,7 +944,8 @@ fn zclip_does_not_freeze_on_constant_warmup() {
     let mut g = 1.0;
     for _ in 0..400 {
         g *= 1.005;
-        frozen.observe(g);
+        let t = frozen.observe(g).threshold.unwrap();
+        assert!((t - 1.0).abs() < 1e-9, "{t}");
     }
     assert!(frozen.stats().unwrap().0 < 1.01);
 
@@ -950,7 +975,7 @@ fn published_defaults() {
     assert_eq!(z.clip_factor, 1.0);
     assert_eq!(z.max_norm, Some(1.0), "the authors' max_grad_norm");
     assert!(!z.skip_update_on_spike);
-    assert_eq!(z.min_rel_std, ZCLIP_MIN_REL_STD);
+    assert_eq!(z.min_rel_std, 0.0, "no σ floor: the published rule");
     assert_eq!(AutoClip::DEFAULT_PERCENTILE, 10.0);
     let a = AgcOptions::default();
     assert_eq!((a.clipping, a.eps), (0.01, 1e-3));

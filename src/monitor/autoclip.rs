@@ -8,6 +8,28 @@
 //! ```
 //!
 //! where `s_0 ≤ s_1 ≤ … ≤ s_{n−1}` is the sorted history. The published default is p = 10.
+//! [`AutoClip::clip_`] then clips the gradients to that threshold, as the authors' code
+//! (github.com/pseeth/autoclip, `autoclip.py`: `np.percentile` of the history, then
+//! `torch.nn.utils.clip_grad_norm_`) does — with one deliberate difference:
+//!
+//! **A zero threshold leaves the gradients as they are.** The threshold is exactly 0 when the
+//! interpolation only touches zero norms: `s_k = 0` and (`r = k` or `s_{k+1} = 0`), i.e. when more
+//! than about p % of the recorded norms are exactly zero (zero-gradient steps: masked or empty
+//! batches, frozen phases). `clip_grad_norm_` with `max_norm = 0` multiplies by
+//! `0 / (‖g‖ + 1e-6) = 0`, so the reference zeroes every such gradient: with p = 10, nine
+//! zero-gradient steps and then `g = [3, 4]`, it zeroes that gradient and the next 71 as well
+//! (the 10th percentile stays 0 until the history holds 82 norms); with a zero gradient on
+//! every 4th step it zeroes 87 of the 90 non-zero gradients of a 120-step run. A zero norm carries no scale, and zeroing
+//! a gradient is the same as skipping the step, which is rarely what clipping is asked for; so
+//! here a threshold of 0 means "nothing to clip to yet": [`AutoClip::clip_`] returns a report
+//! with `clipped = false`, `clip_coef = 1` and writes nothing. The zero norms stay in the
+//! history (as in the reference), so once enough non-zero norms have been recorded the
+//! threshold becomes positive and clipping resumes as in the reference — even a tiny positive
+//! threshold is applied. [`AutoClip::observe`] and [`AutoClip::threshold`] return the
+//! percentile itself (0 included), as `np.percentile` does. If zero-gradient steps are expected,
+//! skip [`AutoClip::clip_`] on them so that the history holds only real norms.
+//! `tests/toolkit_anchors.rs` checks the thresholds and clipped gradients against the reference's
+//! own (`scripts/make_autoclip_fixtures.py`), this difference included.
 //!
 //! Exactness in O(log n) per step: `r` grows by `p/100 ≤ 1` per step, so the ranks `k` and `k + 1`
 //! move by at most one. Two heaps hold the history split at rank k: a max-heap `low` with the
@@ -130,7 +152,8 @@ impl AutoClip {
         self.threshold()
     }
 
-    /// The current threshold (`None` before any norm was recorded).
+    /// The current threshold: the percentile of the history, 0 included (`None` before any
+    /// norm was recorded).
     pub fn threshold(&self) -> Option<f64> {
         let n = self.len();
         if n == 0 {
@@ -145,9 +168,10 @@ impl AutoClip {
     }
 
     /// One training step: computes the L2 total norm of `grads` with the crate's kernels, records
-    /// it, and clips to the new threshold with [`clip_grads_with_norm_`]. A zero threshold (all
-    /// norms so far zero) leaves the gradients untouched. Non-finite gradients return
-    /// [`crate::Error::NonFinite`] and change nothing.
+    /// it, and clips to the new threshold with [`clip_grads_with_norm_`]. A threshold of 0 (the
+    /// p-th percentile falls among zero norms; see the module docs) leaves the gradients
+    /// untouched, whatever their norm — unlike the reference, which zeroes them. Non-finite
+    /// gradients return [`crate::Error::NonFinite`], are not recorded and change nothing.
     pub fn clip_(&mut self, grads: &mut [GradMut<'_>]) -> Result<ClipReport, ToolkitError> {
         let total = get_total_norm(grads, NormType::L2)?;
         match self.observe(total) {

@@ -10,8 +10,8 @@ mod spectrum;
 pub use init::orthogonal_;
 pub use init::{normal_, xavier_uniform_, zeros_};
 pub use spectral::{
-    set_spectral_norm_, spectral_normalize_, MatElem, SpectralNorm, PARALLEL_MIN_ELEMS,
-    SPECTRAL_EPS,
+    set_spectral_norm_, spectral_normalize_, MatElem, SpectralNorm, SpectralNormApi,
+    PARALLEL_MIN_ELEMS, SPECTRAL_EPS,
 };
 #[cfg(feature = "linalg")]
 pub use spectrum::spectral_radius_exact;
