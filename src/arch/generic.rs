@@ -233,35 +233,16 @@ pub(crate) fn max_abs_bits<T: Element>(data: &[T]) -> u32 {
     }
 }
 
+// A plain unsigned-max reduction: the loop vectoriser recognises it and interleaves several
+// packed-max accumulators (a hand-unrolled lane array defeats it under AVX-512).
 #[inline(always)]
 fn max_masked_u32(data: &[u32]) -> u32 {
-    let mut m = [0u32; 32];
-    let mut it = data.chunks_exact(32);
-    for g in &mut it {
-        for j in 0..32 {
-            m[j] = m[j].max(g[j] & 0x7FFF_FFFF);
-        }
-    }
-    let r = it
-        .remainder()
-        .iter()
-        .map(|x| x & 0x7FFF_FFFF)
-        .max()
-        .unwrap_or(0);
-    m.iter().fold(r, |a, &b| a.max(b))
+    data.iter().fold(0, |m, &x| m.max(x & 0x7FFF_FFFF))
 }
 
 #[inline(always)]
 fn max_masked_u16(data: &[u16]) -> u32 {
-    let mut m = [0u16; 64];
-    let mut it = data.chunks_exact(64);
-    for g in &mut it {
-        for j in 0..64 {
-            m[j] = m[j].max(g[j] & 0x7FFF);
-        }
-    }
-    let r = it.remainder().iter().map(|x| x & 0x7FFF).max().unwrap_or(0);
-    m.iter().fold(r, |a, &b| a.max(b)) as u32
+    data.iter().fold(0, |m, &x| m.max(x & 0x7FFF)) as u32
 }
 
 /// `x = round_to_dtype(f32(x) * c)` for every element of `data`.
