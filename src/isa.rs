@@ -42,3 +42,16 @@ impl std::fmt::Display for Isa {
         f.write_str(self.name())
     }
 }
+
+/// Which instruction set each kernel family runs on. Usually one ISA for all; a host where the
+/// widest ISA is not the fastest for a family gets another one there (see [`crate::dispatch`]).
+/// Results are the same bits whatever the choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Dispatch {
+    /// Sums of squares and of magnitudes (L2, L1 norms).
+    pub sums: Isa,
+    /// Max of magnitudes (Inf norm, P-norm scale, the non-finite search).
+    pub max_abs: Isa,
+    /// The in-place scale.
+    pub scale: Isa,
+}

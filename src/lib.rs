@@ -59,6 +59,7 @@ pub mod reference;
 #[cfg(feature = "safetensors")]
 pub mod st;
 
+pub use arch::dispatch;
 pub use clip::{
     clip_coefficient, clip_grad_norm_, clip_grad_norm_with_isa_, clip_grad_value_,
     clip_grads_with_norm_, scale_, scale_with_isa_, ClipOptions, ClipReport, NonFinitePolicy,
@@ -67,7 +68,7 @@ pub use dtype::{DType, Element};
 pub use error::{Error, NonFinite};
 pub use grads::{AsGrad, Grad, GradMut};
 pub use half::{bf16, f16};
-pub use isa::Isa;
+pub use isa::{Dispatch, Isa};
 pub use norm::{
     buffer_norm, first_nonfinite, get_total_norm, get_total_norm_with_isa, per_buffer_partials,
     total_norm_partial,

