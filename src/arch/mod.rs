@@ -48,9 +48,9 @@ impl Isa {
 ///
 /// The rule: every family runs on [`Isa::selected`], except on a CPU that executes AVX-512 as two
 /// 256-bit halves (AMD family 19h, Zen 4), where the sums (L2 and L1) run on AVX2: measured
-/// there, the AVX-512 sums reached 0.67 of the AVX2 ones in cache and no more from memory (the
-/// widening f32→f64 converts of a 512-bit register cross its halves). Max-abs and scale keep
-/// AVX-512. Forcing an ISA with `GRADCLIP_ISA` (or a `*_with_isa` call) uses that ISA for every
+/// there, the AVX-512 sums reached 0.67 of the AVX2 ones in cache (55 against 82 GB/s, f32; the
+/// likely cause is the widening f32→f64 convert, whose 512-bit form moves data across the two
+/// 256-bit halves). Max-abs and scale keep AVX-512 (no measurement says otherwise). Forcing an ISA with `GRADCLIP_ISA` (or a `*_with_isa` call) uses that ISA for every
 /// family. Every choice gives the same bits.
 ///
 /// ```

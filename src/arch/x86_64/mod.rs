@@ -92,7 +92,7 @@ impl CpuId {
 
     /// AMD family 19h (Zen 4; Zen 3 of the same family has no AVX-512): AVX-512 instructions
     /// execute as two 256-bit halves. Measured there, the AVX-512 sums ran at 0.67 of the AVX2
-    /// sums in cache (55 against 82 GB/s, f32, one thread) and no faster from memory.
+    /// sums in cache (55 against 82 GB/s, f32, one thread).
     pub(in crate::arch) fn avx512_half_width(self) -> bool {
         self.amd && self.family == 0x19
     }
