@@ -5,6 +5,28 @@
 
 use rayon::prelude::*;
 
+use crate::arch::{Kernel, Kernels};
+use crate::error::Error;
+use crate::grads::Grad;
+use crate::isa::Isa;
+
+/// Compute roofline of the norms on `isa`: every element widened to f64 and its square added to
+/// 32 plain f64 lanes (the sums' registers and widening loads), with no compensation, no block
+/// folds and no chunk tree. Run on cache-resident data it is the arithmetic an exact-grade sum
+/// cannot avoid, so a kernel's ratio to it says whether a shortfall is the kernel's or the
+/// design's. `Err(IsaUnavailable)` when this CPU cannot run `isa`.
+pub fn compute_roofline(g: Grad<'_>, isa: Isa) -> Result<f64, Error> {
+    fn run<T: Kernel>(k: &Kernels, d: &[T]) -> f64 {
+        T::sum_sq_plain(k)(d)
+    }
+    let k = Kernels::for_isa(isa).ok_or(Error::IsaUnavailable(isa))?;
+    Ok(match g {
+        Grad::F32(d) => run(k, d),
+        Grad::F16(d) => run(k, d),
+        Grad::BF16(d) => run(k, d),
+    })
+}
+
 /// `Σ x²` accumulated in f32, as `x.iter().map(|v| v * v).sum::<f32>()` (inaccurate, overflows).
 #[inline(never)]
 pub fn naive_sum_sq_f32(x: &[f32]) -> f32 {

@@ -278,3 +278,32 @@ proptest! {
         }
     }
 }
+
+/// The compute roofline of the bench: the same plain 32-lane sum of squares on every ISA (same
+/// bits), exact on small integers, and refused for an ISA this CPU cannot run.
+#[test]
+fn compute_roofline_kernel_is_the_plain_lane_sum() {
+    use gradclip::baseline::compute_roofline;
+    for n in [0usize, 1, 31, 32, 33, 1000, 4099] {
+        let v: Vec<f32> = (0..n).map(|i| ((i % 7) as f32) - 3.0).collect();
+        let exact: f64 = v.iter().map(|&x| (x as f64) * (x as f64)).sum();
+        for b in Buf::all_dtypes(&v) {
+            let want = compute_roofline(b.grad(), Isa::Portable).unwrap();
+            assert_eq!(want, exact, "len {n}");
+            for isa in Isa::available() {
+                assert_eq!(
+                    compute_roofline(b.grad(), isa).unwrap().to_bits(),
+                    want.to_bits()
+                );
+            }
+        }
+    }
+    for isa in Isa::ALL {
+        if !isa.is_available() {
+            assert_eq!(
+                compute_roofline(Grad::F32(&[1.0]), isa),
+                Err(gradclip::Error::IsaUnavailable(isa))
+            );
+        }
+    }
+}

@@ -208,6 +208,26 @@ pub(crate) fn sum_chunk<B: Backend, T: LaneElement, const SQ: bool>(
     merge_lanes(b.to_array(s), b.to_array(c))
 }
 
+/// The compute roofline of the sums: `Σ x²` over `data`, each element widened to f64 and its
+/// square accumulated into the same 32 lanes with no compensation, no blocks and no chunking —
+/// the arithmetic no exact-grade sum can avoid. Benchmarks only.
+#[inline(always)]
+pub(crate) fn sum_sq_plain<B: Backend, T: LaneElement>(b: B, data: &[T]) -> f64 {
+    let mut acc = b.zero();
+    let mut groups = data.chunks_exact(LANES);
+    for g in &mut groups {
+        let g: &[T; LANES] = g.try_into().expect("chunks_exact yields LANES elements");
+        acc = T::accum::<B, true>(b, acc, g);
+    }
+    let rest = groups.remainder();
+    if !rest.is_empty() {
+        let mut pad = [T::ZERO; LANES];
+        pad[..rest.len()].copy_from_slice(rest);
+        acc = T::accum::<B, true>(b, acc, &pad);
+    }
+    b.to_array(acc).iter().sum()
+}
+
 /// Fixed pairwise tree over the 32 lane pairs: lane j absorbs lane j + w for w = 16, 8, 4, 2, 1.
 #[inline(always)]
 fn merge_lanes(mut s: [f64; LANES], mut c: [f64; LANES]) -> (f64, f64) {

@@ -64,6 +64,7 @@ pub fn dispatch() -> Dispatch {
 type SumFn<T> = fn(&[T]) -> (f64, f64);
 type MaxFn<T> = fn(&[T]) -> u32;
 type ScaleFn<T> = fn(&mut [T], f32);
+type PlainFn<T> = fn(&[T]) -> f64;
 
 /// One ISA's kernels. Only a token that proved the ISA hands one out (the default table may
 /// take a family from a narrower ISA of the same CPU: see [`dispatch`]).
@@ -75,6 +76,8 @@ pub(crate) struct Kernels {
     pub sum_abs: (SumFn<f32>, SumFn<f16>, SumFn<bf16>),
     pub max_abs: (MaxFn<f32>, MaxFn<f16>, MaxFn<bf16>),
     pub scale: (ScaleFn<f32>, ScaleFn<f16>, ScaleFn<bf16>),
+    /// The compute roofline of the sums (benchmarks only).
+    pub sum_sq_plain: (PlainFn<f32>, PlainFn<f16>, PlainFn<bf16>),
 }
 
 impl Kernels {
@@ -133,6 +136,7 @@ pub(crate) trait Kernel: generic::LaneElement {
     fn sum_abs(k: &Kernels) -> SumFn<Self>;
     fn max_abs(k: &Kernels) -> MaxFn<Self>;
     fn scale(k: &Kernels) -> ScaleFn<Self>;
+    fn sum_sq_plain(k: &Kernels) -> PlainFn<Self>;
 }
 
 macro_rules! kernel_for {
@@ -154,6 +158,10 @@ macro_rules! kernel_for {
             fn scale(k: &Kernels) -> ScaleFn<Self> {
                 k.scale.$i
             }
+            #[inline(always)]
+            fn sum_sq_plain(k: &Kernels) -> PlainFn<Self> {
+                k.sum_sq_plain.$i
+            }
         }
     };
 }
@@ -161,8 +169,8 @@ kernel_for!(f32, 0);
 kernel_for!(f16, 1);
 kernel_for!(bf16, 2);
 
-/// The table of one backend, as a `static` expression: twelve entry points (sum of squares, sum
-/// of magnitudes, max of magnitudes, scale; × f32, f16, bf16), each the [`generic`] kernel
+/// The table of one backend, as a `static` expression: fifteen entry points (sum of squares, sum
+/// of magnitudes, max of magnitudes, scale, the sums' compute roofline; × f32, f16, bf16), each the [`generic`] kernel
 /// instantiated for the token type and compiled with the target features given.
 ///
 /// `kernel_table!(Token, Isa::X, [#[target_feature(enable = "...")]], token = EXPR)`: each entry
@@ -185,6 +193,19 @@ macro_rules! kernel_table {
                     // SAFETY: reachable only through this table, which only a token produced by
                     // detection hands out (see `kernel_table!`), so the CPU has the features.
                     #[allow(unused_unsafe)] // entries without target features need none
+                    unsafe {
+                        inner(d)
+                    }
+                }
+            };
+            ($name:ident, $t:ty, plain) => {
+                fn $name(d: &[$t]) -> f64 {
+                    $(#[$attr])*
+                    fn inner(d: &[$t]) -> f64 {
+                        generic::sum_sq_plain::<$token, $t>($make, d)
+                    }
+                    // SAFETY: as for the sums above.
+                    #[allow(unused_unsafe)]
                     unsafe {
                         inner(d)
                     }
@@ -229,6 +250,9 @@ macro_rules! kernel_table {
         entry!(scale_f32, f32, scale);
         entry!(scale_f16, f16, scale);
         entry!(scale_bf16, bf16, scale);
+        entry!(plain_f32, f32, plain);
+        entry!(plain_f16, f16, plain);
+        entry!(plain_bf16, bf16, plain);
         $crate::arch::Kernels {
             isa: $isa,
             dispatch: $crate::arch::Dispatch {
@@ -240,6 +264,7 @@ macro_rules! kernel_table {
             sum_abs: (sum_abs_f32, sum_abs_f16, sum_abs_bf16),
             max_abs: (max_abs_f32, max_abs_f16, max_abs_bf16),
             scale: (scale_f32, scale_f16, scale_bf16),
+            sum_sq_plain: (plain_f32, plain_f16, plain_bf16),
         }
     }};
 }
