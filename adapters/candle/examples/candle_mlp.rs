@@ -79,7 +79,7 @@ fn data(rng: &mut Rng) -> Result<(Tensor, Tensor)> {
 /// Trains the MLP `INPUT -> HIDDEN (ReLU) -> 1` with plain SGD on the mean squared error for
 /// `steps` steps, clipping the global gradient norm to `max_norm` when given.
 pub fn train(steps: usize, max_norm: Option<f64>) -> Result<Run> {
-    let mut rng = Rng(0x5EED_0F_6AD_C11B);
+    let mut rng = Rng(0x5EED_0F6A_DC11_B0B5);
     let (x, y) = data(&mut rng)?;
     let he = |fan_in: usize| (2.0 / fan_in as f32).sqrt();
     let w1 = Var::from_tensor(&rng.tensor(&[HIDDEN, INPUT], he(INPUT))?)?;

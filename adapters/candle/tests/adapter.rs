@@ -343,11 +343,16 @@ fn the_same_gradient_twice_is_refused_by_writers() -> Result<()> {
     let v = vars_of(&[(&[5, 5], DType::BF16)])?;
     let mut s = store(&v, &[Some(g.clone())]);
     let twice = vec![v[0].clone(), v[0].clone()];
-    all_writers_refuse(&twice, &mut s, &[g.clone()], &["var 0", "var 1", "bf16"]);
+    all_writers_refuse(
+        &twice,
+        &mut s,
+        std::slice::from_ref(&g),
+        &["var 0", "var 1", "bf16"],
+    );
     // Two vars whose stored gradient is one tensor: the same.
     let two = vars_of(&[(&[5, 5], DType::BF16), (&[5, 5], DType::BF16)])?;
     let mut s = store(&two, &[Some(g.clone()), Some(g.clone())]);
-    all_writers_refuse(&two, &mut s, &[g.clone()], &["var 0", "var 1"]);
+    all_writers_refuse(&two, &mut s, std::slice::from_ref(&g), &["var 0", "var 1"]);
     Ok(())
 }
 
