@@ -4,7 +4,7 @@
 //! (DTYPE: f32, the default, or bf16 or f16)
 //!
 //! The model: 8 transformer-style blocks of width 512 (four 512x512 attention matrices, a
-//! 512x2048 and a 2048x512 MLP matrix, biases and layer norms): 25.2M parameters in 112 tensors.
+//! 512x2048 and a 2048x512 MLP matrix, biases and layer norms): 25.2M parameters in 128 tensors.
 //! Each method clips the global L2 norm of the same gradients to 1 in every step:
 //!
 //! - `gradclip`: `clip_grad_norm(&vars, &mut grads, 1.0, ..)`, read and scaled in place;

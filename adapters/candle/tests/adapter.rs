@@ -616,3 +616,37 @@ fn backward_gradients_clip_like_candle_ops() -> Result<()> {
     assert!((after - 1.0).abs() < 1e-5, "{after}");
     Ok(())
 }
+
+#[test]
+fn concurrent_clips_of_shared_gradients_in_opposite_orders_do_not_deadlock() -> Result<()> {
+    // Two stores holding the same gradient tensors, clipped from two threads with the vars in
+    // opposite orders: the write locks are taken in storage-address order, so neither thread can
+    // hold one lock while waiting for the other's.
+    let mut rng = Rng::new(22);
+    let gs: Vec<Tensor> = (0..48)
+        .map(|i| wide_tensor(&mut rng, &[8 + i], DType::F32))
+        .collect::<Result<_>>()?;
+    let shapes: Vec<Vec<usize>> = (0..48).map(|i| vec![8 + i]).collect();
+    let specs: Vec<(&[usize], DType)> = shapes.iter().map(|s| (s.as_slice(), DType::F32)).collect();
+    let vars = vars_of(&specs)?;
+    let opt: Vec<Option<Tensor>> = gs.iter().cloned().map(Some).collect();
+    let forward = vars.clone();
+    let backward: Vec<Var> = vars.iter().rev().cloned().collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for order in [forward, backward] {
+        let mut s = store(&vars, &opt);
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for _ in 0..2000 {
+                clip_grad_norm(&order, &mut s, 1e3, ClipOptions::default()).unwrap();
+                clip_grad_value(&order, &mut s, 1e3).unwrap();
+            }
+            tx.send(()).unwrap();
+        });
+    }
+    for _ in 0..2 {
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("both threads finish (no deadlock)");
+    }
+    Ok(())
+}
