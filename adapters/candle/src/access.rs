@@ -84,8 +84,12 @@ const STACK_BASE: usize = 4 << 20;
 
 /// Runs `f` on mutable views of every gradient of `plan`, in entry order, holding the write lock
 /// of every storage involved. `plan` must come from an [`crate::plan::Access::Write`] check.
+///
+/// A call made on a rayon worker thread (inside `ThreadPool::install`, say) always nests on
+/// that thread: on a helper thread the library's parallel work would leave the caller's pool
+/// for the global one. Elsewhere the library runs on the global pool anyway.
 pub(crate) fn with_grads_mut<R: Send>(plan: &Plan, f: &mut Body<'_, R>) -> candle_core::Result<R> {
-    if plan.groups.len() <= INLINE_LEVELS {
+    if plan.groups.len() <= INLINE_LEVELS || rayon::current_thread_index().is_some() {
         return nest(plan, f);
     }
     let stack = STACK_BASE + plan.groups.len() * STACK_PER_LEVEL;

@@ -52,6 +52,19 @@
 //!   refuses them.
 //!
 //! In a [`ClipReport`], `nonfinite.buffer` is the index of the variable in `vars`.
+//!
+//! ## Locks and threads
+//!
+//! candle gives a storage out mutably only inside an in-place op, one storage per op; the writing
+//! functions nest one op per storage so that the library sees every buffer in one call (one
+//! global norm, one parallel scaling pass). The write locks are taken in storage-address order,
+//! as candle's own in-place ops take theirs, so concurrent callers cannot deadlock; a storage
+//! shared by several gradients is locked once. The nest costs about half a KiB of stack per
+//! storage (release build): up to 64 storages nest on the calling thread, more on a helper
+//! thread with a stack sized for them — except on a rayon worker thread (a call inside
+//! `ThreadPool::install`), where the nest stays so that the library's parallel work runs in
+//! that pool; for models of thousands of gradient tensors give such a pool a `stack_size` of
+//! about 1 MiB plus 1 KiB per tensor. [`total_norm`] holds one read lock per storage instead.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

@@ -650,3 +650,34 @@ fn concurrent_clips_of_shared_gradients_in_opposite_orders_do_not_deadlock() -> 
     }
     Ok(())
 }
+
+#[test]
+fn inside_a_rayon_pool_the_nest_stays_on_the_worker() -> Result<()> {
+    // 1,000 storages, clipped from inside a one-thread pool (its worker has rayon's default
+    // stack): the nest runs on that worker and gives the Rust API's bits.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a pool");
+    let mut rng = Rng::new(23);
+    let shapes: Vec<Vec<usize>> = (0..1000).map(|i| vec![1 + i % 5]).collect();
+    let specs: Vec<(&[usize], DType)> =
+        shapes.iter().map(|s| (s.as_slice(), DType::BF16)).collect();
+    let vars = vars_of(&specs)?;
+    let gs: Vec<Tensor> = shapes
+        .iter()
+        .map(|s| wide_tensor(&mut rng, s, DType::BF16))
+        .collect::<Result<_>>()?;
+    let opt: Vec<Option<Tensor>> = gs
+        .iter()
+        .map(|g| g.copy().map(Some))
+        .collect::<Result<_>>()?;
+    let mut s = store(&vars, &opt);
+    let (rust_report, rust_bits) = rust_api_clip(&gs, 0.3, ClipOptions::default())?;
+    let r = pool.install(|| clip_grad_norm(&vars, &mut s, 0.3, ClipOptions::default()))?;
+    assert_eq!(r, rust_report);
+    for (v, rb) in vars.iter().zip(&rust_bits) {
+        assert_eq!(&grad_bits(&s, v)?, rb);
+    }
+    Ok(())
+}
