@@ -37,8 +37,9 @@
 //!
 //! ## What is refused
 //!
-//! Every refusal is a `candle_core::Error` returned before anything is locked or written, its
-//! message naming the variable (index in `vars`, shape, dtype):
+//! Every refusal is a `candle_core::Error` returned before any write lock is taken and before
+//! anything is written (each storage is read-locked alone, briefly, to learn where it lies),
+//! its message naming the variable (index in `vars`, shape, dtype):
 //!
 //! - gradients on a CUDA or Metal device (gradclip's kernels run on the CPU; move the gradients,
 //!   or clip them with candle ops);
