@@ -1,0 +1,117 @@
+//! Compiling and running C and C++ programs against the built library: where it is, which
+//! compiler flags, which sanitizer options.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The crate's directory (`capi/`).
+pub fn capi_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The directory holding `libgradclip.a` and `libgradclip.so`: cargo builds the library for the
+/// integration tests into `target/<profile>/deps`, next to this test binary (and copies it to
+/// `target/<profile>` when it compiles it).
+pub fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap().to_path_buf();
+    assert!(
+        deps.join("libgradclip.a").is_file(),
+        "{} has no libgradclip.a: cargo builds it with the tests (cargo test -p gradclip-capi)",
+        deps.display()
+    );
+    deps
+}
+
+/// A scratch directory for one test's files, under the target directory.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = lib_dir().parent().unwrap().join("capi-tests").join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// True when `tool --version` runs; otherwise prints a note (the test is then skipped).
+pub fn have(tool: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("NOTE: `{tool}` not found: skipping the test that needs it");
+    }
+    ok
+}
+
+/// The sanitizer and warning flags every C program of the tests is built with.
+pub const C_FLAGS: &[&str] = &[
+    "-std=c11",
+    "-Wall",
+    "-Wextra",
+    "-Wpedantic",
+    "-Werror",
+    "-O1",
+    "-g",
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",
+    "-fno-omit-frame-pointer",
+];
+
+/// The same for C++ (the header compiled as C++17).
+pub const CXX_FLAGS: &[&str] = &[
+    "-std=c++17",
+    "-Wall",
+    "-Wextra",
+    "-Wpedantic",
+    "-Werror",
+    "-O1",
+    "-g",
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",
+    "-fno-omit-frame-pointer",
+];
+
+/// What a Rust static library needs from the system when linked into a C program.
+pub const SYSTEM_LIBS: &[&str] = &["-lpthread", "-ldl", "-lm"];
+
+/// Runs `cmd`, panicking with its output when it fails.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    stdout
+}
+
+/// Compiles `sources` with `compiler` and `flags` against the header and the static library,
+/// into `out`.
+pub fn build(compiler: &str, flags: &[&str], sources: &[&Path], extra: &[&str], out: &Path) {
+    let lib = lib_dir();
+    let mut cmd = Command::new(compiler);
+    cmd.args(flags)
+        .arg("-I")
+        .arg(capi_dir().join("include"))
+        .args(extra)
+        .args(sources)
+        .arg(lib.join("libgradclip.a"))
+        .args(SYSTEM_LIBS)
+        .arg("-o")
+        .arg(out);
+    run_ok(&mut cmd);
+}
+
+/// A command running a sanitizer-built program: any ASan or UBSan report ends it with a
+/// non-zero status, and LeakSanitizer runs at exit. It reports nothing to suppress: the thread
+/// pool lives in a static (reachable to the end), and a pool replaced by
+/// `gradclip_set_num_threads` is freed when its last call returns.
+pub fn sanitized(exe: &Path) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.env("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1")
+        .env("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1");
+    cmd
+}
