@@ -325,7 +325,8 @@ int gradclip_partial_finish(const gradclip_partial *p, double *out_norm);
  * `RAYON_NUM_THREADS` or one per CPU). No result bit depends on it. May be called at any time
  * from any thread: calls already running finish on the pool they started on, later calls use
  * the new one. Returns `GRADCLIP_ERR_ARG` (and keeps the current pool) when the system refuses
- * the threads or `n` exceeds what the thread pool supports.
+ * the threads or `n` exceeds what the thread pool supports. A child process made by `fork()`
+ * starts a pool of its own, with the same thread count, on its first call that needs one.
  */
 int gradclip_set_num_threads(size_t n);
 

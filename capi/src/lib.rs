@@ -24,6 +24,8 @@ use gradclip_core::{ClipOptions, Error, Isa, NonFinite, NonFinitePolicy, NormPar
 mod boundary;
 mod pool;
 mod raw;
+#[cfg(test)]
+mod tests;
 
 use boundary::{call, call_str, status_of};
 
@@ -535,7 +537,8 @@ pub unsafe extern "C" fn gradclip_partial_finish(
 /// `RAYON_NUM_THREADS` or one per CPU). No result bit depends on it. May be called at any time
 /// from any thread: calls already running finish on the pool they started on, later calls use
 /// the new one. Returns `GRADCLIP_ERR_ARG` (and keeps the current pool) when the system refuses
-/// the threads or `n` exceeds what the thread pool supports.
+/// the threads or `n` exceeds what the thread pool supports. A child process made by `fork()`
+/// starts a pool of its own, with the same thread count, on its first call that needs one.
 #[no_mangle]
 pub extern "C" fn gradclip_set_num_threads(n: usize) -> c_int {
     call(|| {

@@ -4,6 +4,7 @@
  * layout and merge identity, the strings, and the thread-count setter called while other threads
  * compute. Built with -fsanitize=address,undefined by capi/tests/c_abi.rs.
  */
+#define _POSIX_C_SOURCE 200809L /* fork, waitpid, alarm */
 #include <math.h>
 #include <stdalign.h>
 #include <stddef.h>
@@ -11,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <threads.h>
+#include <unistd.h>
 
 #include "gradclip.h"
 
@@ -437,6 +440,23 @@ static void test_threads(void) {
         int r = 1;
         CHECK(thrd_join(t[i], &r) == thrd_success && r == 0);
     }
+    /* a child made by fork() after the pool started (the parent's pool threads do not exist
+     * there) gets a pool of its own */
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(60); /* a hang fails the test instead of blocking it */
+        double cv = 0.0, cv2 = 0.0;
+        int ok = gradclip_total_norm(&g, 1, 2.0, &cv, NULL) == GRADCLIP_OK &&
+                 gradclip_set_num_threads(2) == GRADCLIP_OK &&
+                 gradclip_total_norm(&g, 1, 2.0, &cv2, NULL) == GRADCLIP_OK;
+        uint64_t cb, cb2;
+        memcpy(&cb, &cv, 8);
+        memcpy(&cb2, &cv2, 8);
+        _exit(ok && cb == reference_bits && cb2 == reference_bits ? 0 : 1);
+    }
+    int wst = 0;
+    CHECK(pid > 0 && waitpid(pid, &wst, 0) == pid && WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
     /* a thread count the pool cannot have is refused, and the pool kept */
     CHECK(gradclip_set_num_threads(SIZE_MAX) == GRADCLIP_ERR_ARG);
     CHECK(gradclip_total_norm(&g, 1, 2.0, &v, NULL) == GRADCLIP_OK);
