@@ -3,40 +3,61 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 /// The crate's directory (`capi/`).
 pub fn capi_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The directory holding `libgradclip.a` and `libgradclip.so`: cargo builds the library for the
-/// integration tests into `target/<profile>/deps`, next to this test binary (and copies it to
-/// `target/<profile>` when it compiles it).
+/// The directory holding a fresh `libgradclip.a` and `libgradclip.so`.
+///
+/// Cargo does not build a `cdylib`/`staticlib`-only library for its integration tests (they
+/// cannot link it), so the library these tests link could be stale. The first call therefore
+/// builds it, in release mode, with the cargo running the tests, into a target directory of its
+/// own under `CARGO_TARGET_TMPDIR` (the outer build keeps its lock on the main one); later
+/// builds are incremental.
 pub fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap().to_path_buf();
-    assert!(
-        deps.join("libgradclip.a").is_file(),
-        "{} has no libgradclip.a: cargo builds it with the tests (cargo test -p gradclip-capi)",
-        deps.display()
-    );
-    deps
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("capi-build");
+        let manifest = capi_dir().join("Cargo.toml");
+        run_ok(
+            Command::new(env!("CARGO"))
+                .args(["build", "--release", "--quiet", "-p", "gradclip-capi"])
+                .arg("--manifest-path")
+                .arg(&manifest)
+                .arg("--target-dir")
+                .arg(&target),
+        );
+        let dir = target.join("release");
+        assert!(dir.join("libgradclip.a").is_file() && dir.join("libgradclip.so").is_file());
+        dir
+    })
+    .clone()
 }
 
-/// A scratch directory for one test's files, under the target directory.
+/// A scratch directory for one test's files.
 pub fn scratch(name: &str) -> PathBuf {
-    let d = lib_dir().parent().unwrap().join("capi-tests").join(name);
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("capi-tests")
+        .join(name);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
 
-/// True when `tool --version` runs; otherwise prints a note (the test is then skipped).
+/// True when `tool --version` runs; otherwise prints a note (the test is then skipped), or
+/// fails when `GRADCLIP_REQUIRE_CC` is set (CI sets it, so the C tests cannot skip there).
 pub fn have(tool: &str) -> bool {
     let ok = Command::new(tool)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
+        assert!(
+            std::env::var_os("GRADCLIP_REQUIRE_CC").is_none(),
+            "`{tool}` not found and GRADCLIP_REQUIRE_CC is set"
+        );
         eprintln!("NOTE: `{tool}` not found: skipping the test that needs it");
     }
     ok
