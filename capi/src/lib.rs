@@ -17,8 +17,8 @@
 #![allow(non_camel_case_types)]
 
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ptr::null;
 
-use bytemuck::{bytes_of, pod_read_unaligned};
 use gradclip_core::{ClipOptions, Error, Isa, NonFinite, NonFinitePolicy, NormPartial, NormType};
 
 mod boundary;
@@ -146,6 +146,22 @@ pub struct gradclip_partial {
 const _: () =
     assert!(std::mem::size_of::<NormPartial>() == std::mem::size_of::<gradclip_partial>());
 
+impl From<NormPartial> for gradclip_partial {
+    fn from(p: NormPartial) -> Self {
+        // Same size (asserted above); a byte array takes any bytes at any alignment.
+        gradclip_partial {
+            bytes: bytemuck::cast(p),
+        }
+    }
+}
+
+impl From<gradclip_partial> for NormPartial {
+    fn from(p: gradclip_partial) -> Self {
+        // `NormPartial` is Pod: any 40 bytes are a value (a meaningless one merges into NaN).
+        bytemuck::cast(p.bytes)
+    }
+}
+
 impl From<NonFinite> for gradclip_nonfinite {
     fn from(nf: NonFinite) -> Self {
         gradclip_nonfinite {
@@ -241,12 +257,7 @@ pub unsafe extern "C" fn gradclip_total_norm(
     out_bad: *mut gradclip_nonfinite,
 ) -> c_int {
     call(|| {
-        raw::required(out_norm)?;
-        if n > 0 {
-            raw::required(grads)?;
-        }
-        raw::aligned(out_norm)?;
-        raw::aligned(out_bad)?;
+        raw::outputs(grads, n, out_norm, out_bad)?;
         let nt = self::norm_type(norm_type);
         // SAFETY: the caller's contract above.
         let result = unsafe { with_grads(grads, n, |g| gradclip_core::get_total_norm(g, nt)) }?;
@@ -287,12 +298,7 @@ pub unsafe extern "C" fn gradclip_clip_grad_norm(
     out_bad: *mut gradclip_nonfinite,
 ) -> c_int {
     call(|| {
-        raw::required(out)?;
-        if n > 0 {
-            raw::required(grads)?;
-        }
-        raw::aligned(out)?;
-        raw::aligned(out_bad)?;
+        raw::outputs(grads, n, out, out_bad)?;
         let on_nonfinite = [
             NonFinitePolicy::Error,
             NonFinitePolicy::Skip,
@@ -420,11 +426,7 @@ pub unsafe extern "C" fn gradclip_first_nonfinite(
     out: *mut gradclip_nonfinite,
 ) -> c_int {
     call(|| {
-        raw::required(out)?;
-        if n > 0 {
-            raw::required(grads)?;
-        }
-        raw::aligned(out)?;
+        raw::outputs(grads, n, out, null())?;
         // SAFETY: the caller's contract above.
         let found = unsafe { with_grads(grads, n, |g| gradclip_core::first_nonfinite(g)) }?;
         Ok(match found {
@@ -456,10 +458,7 @@ pub unsafe extern "C" fn gradclip_partial_compute(
     out: *mut gradclip_partial,
 ) -> c_int {
     call(|| {
-        raw::required(out)?;
-        if n > 0 {
-            raw::required(grads)?;
-        }
+        raw::outputs(grads, n, out, null())?;
         let nt = self::norm_type(norm_type);
         let part = if n == 0 {
             // Validate the norm type as for n > 0, then give the identity of every type.
@@ -469,11 +468,8 @@ pub unsafe extern "C" fn gradclip_partial_compute(
             unsafe { with_grads(grads, n, |g| gradclip_core::total_norm_partial(g, nt)) }?
         };
         let part = part.map_err(|e| status_of(&e))?;
-        let bytes = bytes_of(&part)
-            .try_into()
-            .map_err(|_| GRADCLIP_ERR_INTERNAL)?;
         // SAFETY: `out` is non-NULL and writable (caller); its alignment is 1.
-        unsafe { out.write(gradclip_partial { bytes }) };
+        unsafe { out.write(part.into()) };
         Ok(GRADCLIP_OK)
     })
 }
@@ -493,14 +489,10 @@ pub unsafe extern "C" fn gradclip_partial_merge(
         raw::required(other)?;
         // SAFETY: both are non-NULL and readable (caller); alignment is 1; copies are taken
         // before the write, so `acc == other` is fine.
-        let (a, b) = unsafe { ((*acc).bytes, (*other).bytes) };
-        let merged =
-            pod_read_unaligned::<NormPartial>(&a).merge(pod_read_unaligned::<NormPartial>(&b));
-        let bytes = bytes_of(&merged)
-            .try_into()
-            .map_err(|_| GRADCLIP_ERR_INTERNAL)?;
+        let (a, b) = unsafe { (acc.read(), other.read()) };
+        let merged = NormPartial::from(a).merge(NormPartial::from(b));
         // SAFETY: `acc` is non-NULL and writable (caller).
-        unsafe { acc.write(gradclip_partial { bytes }) };
+        unsafe { acc.write(merged.into()) };
         Ok(GRADCLIP_OK)
     })
 }
@@ -522,7 +514,7 @@ pub unsafe extern "C" fn gradclip_partial_finish(
         raw::required(out_norm)?;
         raw::aligned(out_norm)?;
         // SAFETY: `p` is non-NULL and readable (caller); alignment is 1.
-        let part = pod_read_unaligned::<NormPartial>(&unsafe { (*p).bytes });
+        let part = NormPartial::from(unsafe { p.read() });
         let v = part.finish();
         if part.is_finite() && !v.is_finite() {
             return Err(GRADCLIP_ERR_OVERFLOW);

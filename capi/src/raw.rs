@@ -36,6 +36,22 @@ pub(crate) fn aligned<T>(p: *const T) -> Result<(), c_int> {
     }
 }
 
+/// The checks every call with outputs starts with: NULL first (`out`, then `grads` when
+/// `n > 0`), then the alignment of `out` and of `out_bad` (which may be NULL).
+pub(crate) fn outputs<G, O>(
+    grads: *const G,
+    n: usize,
+    out: *const O,
+    out_bad: *const crate::gradclip_nonfinite,
+) -> Result<(), c_int> {
+    required(out)?;
+    if n > 0 {
+        required(grads)?;
+    }
+    aligned(out)?;
+    aligned(out_bad)
+}
+
 /// The byte length of `len` elements of `size` bytes at `addr`, if it is a valid slice extent:
 /// no overflow, at most `isize::MAX` bytes, and not wrapping past the end of the address space.
 fn extent(addr: usize, len: usize, size: usize) -> Option<usize> {

@@ -63,33 +63,22 @@ pub fn have(tool: &str) -> bool {
     ok
 }
 
-/// The sanitizer and warning flags every C program of the tests is built with.
-pub const C_FLAGS: &[&str] = &[
-    "-std=c11",
-    "-Wall",
-    "-Wextra",
-    "-Wpedantic",
-    "-Werror",
-    "-O1",
-    "-g",
-    "-fsanitize=address,undefined",
-    "-fno-sanitize-recover=all",
-    "-fno-omit-frame-pointer",
-];
-
-/// The same for C++ (the header compiled as C++17).
-pub const CXX_FLAGS: &[&str] = &[
-    "-std=c++17",
-    "-Wall",
-    "-Wextra",
-    "-Wpedantic",
-    "-Werror",
-    "-O1",
-    "-g",
-    "-fsanitize=address,undefined",
-    "-fno-sanitize-recover=all",
-    "-fno-omit-frame-pointer",
-];
+/// The warning and sanitizer flags every C (`-std=c11`) and C++ (`-std=c++17`) program of the
+/// tests is built with.
+pub fn flags(std: &'static str) -> Vec<&'static str> {
+    vec![
+        std,
+        "-Wall",
+        "-Wextra",
+        "-Wpedantic",
+        "-Werror",
+        "-O1",
+        "-g",
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=all",
+        "-fno-omit-frame-pointer",
+    ]
+}
 
 /// What a Rust static library needs from the system when linked into a C program.
 pub const SYSTEM_LIBS: &[&str] = &["-lpthread", "-ldl", "-lm"];
@@ -109,21 +98,37 @@ pub fn run_ok(cmd: &mut Command) -> String {
     stdout
 }
 
-/// Compiles `sources` with `compiler` and `flags` against the header and the static library,
-/// into `out`.
-pub fn build(compiler: &str, flags: &[&str], sources: &[&Path], extra: &[&str], out: &Path) {
-    let lib = lib_dir();
+/// Compiles `source` with `compiler` (`gcc`, `g++`) and [`flags`] against the header and the
+/// static library into `dir/name`, runs it with `args` under the sanitizers, and returns its
+/// standard output, which must contain `expect`.
+pub fn build_and_run(
+    compiler: &str,
+    source: &Path,
+    extra: &[&str],
+    name: &str,
+    args: &[&Path],
+    expect: &str,
+) -> String {
+    let std = if compiler == "g++" {
+        "-std=c++17"
+    } else {
+        "-std=c11"
+    };
+    let exe = scratch(name).join(name);
     let mut cmd = Command::new(compiler);
-    cmd.args(flags)
+    cmd.args(flags(std))
         .arg("-I")
         .arg(capi_dir().join("include"))
         .args(extra)
-        .args(sources)
-        .arg(lib.join("libgradclip.a"))
+        .arg(source)
+        .arg(lib_dir().join("libgradclip.a"))
         .args(SYSTEM_LIBS)
         .arg("-o")
-        .arg(out);
+        .arg(&exe);
     run_ok(&mut cmd);
+    let out = run_ok(sanitized(&exe).args(args));
+    assert!(out.contains(expect), "{name} printed:\n{out}");
+    out
 }
 
 /// A command running a sanitizer-built program: any ASan or UBSan report ends it with a
