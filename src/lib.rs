@@ -79,6 +79,14 @@ pub use partial::NormPartial;
 /// Elements per chunk of the reduction tree (the unit of parallel work and of determinism).
 pub const CHUNK_ELEMS: usize = parallel::CHUNK;
 
+/// The size in bytes from which the reduction tree and the scale pass hand halves of the work to
+/// rayon (256 KiB, or `GRADCLIP_PAR_MIN_BYTES` read once). A call whose buffers hold fewer bytes
+/// in total never calls into rayon and runs on the calling thread: bindings that run calls on a
+/// thread pool of their own skip the hand-off below it.
+pub fn fork_threshold_bytes() -> usize {
+    parallel::par_min_bytes()
+}
+
 pub mod advisor;
 pub mod monitor;
 pub mod rng;
