@@ -22,7 +22,9 @@ pub enum NonFinitePolicy {
     /// the step.
     Skip,
     /// PyTorch's behaviour: the total norm is NaN (any NaN) or +inf, the coefficient
-    /// `max_norm / (norm + eps)` is NaN or 0, and every element is multiplied by it.
+    /// `max_norm / (norm + eps)` is NaN or 0, and every element is multiplied by it. (Finite
+    /// gradients whose P norm exceeds f64 are not "non-finite": they give
+    /// [`Error::NormOverflow`] under every policy.)
     Propagate,
 }
 
@@ -161,11 +163,12 @@ fn clip_impl(
             stop: None,
         };
         let part = reduce_set(&ctx, grads, None, true);
-        let total = part.finish();
-        let nonfinite = if part.is_finite() {
-            None
+        // Finite input whose norm exceeds f64 is refused as under the other policies: its
+        // true coefficient is not the 0 that an infinite total would give.
+        let (total, nonfinite) = if part.is_finite() {
+            (finite_norm(&part)?, None)
         } else {
-            Some(first_nonfinite_or_panic_free(grads))
+            (part.finish(), Some(first_nonfinite_or_panic_free(grads)))
         };
         let clip_coef = coefficient(max_norm, total, eps);
         let clipped = apply(k, grads, clip_coef);

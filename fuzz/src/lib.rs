@@ -9,10 +9,13 @@
 //!   one-line error or produce a result that is consistent in every way checked below; a file
 //!   `st::parse` accepts must also pass the `safetensors` crate's own validation.
 //!
-//! Both take P norms besides L2, L1 and Inf: p = 3 and 0.5, and p = 0.001, whose value exceeds
-//! f64 for finite data from about three elements on. There the expected outcome is
-//! `Error::NormOverflow` (`StError::Invalid` of it in the CLI path), accepted only when the
-//! scalar reference is at or beyond the edge of f64, for the file or for one tensor.
+//! Both take P norms besides L2, L1 and Inf: p = 3 and 0.5, p = 0.001, whose value exceeds
+//! f64 for finite data from about three elements on, and p = 0.01, where a thousand or more
+//! elements below 1 (subnormals: seeds `p_tiny_power_overflows`) make `total^(1/p)` exceed f64
+//! while the norm itself does not. Beyond f64 the expected outcome is `Error::NormOverflow`
+//! (`StError::Invalid` of it in the CLI path), accepted only when the scalar reference (which
+//! computes the power through its logarithm, a formula of its own) is at or beyond the edge of
+//! f64, for the file or for one tensor.
 
 use gradclip::reference;
 use gradclip::st::{self, StError};
@@ -186,6 +189,7 @@ pub fn kernels_differential(data: &[u8]) {
             NormType::P(3.0),
             NormType::P(0.5),
             NormType::P(0.001),
+            NormType::P(0.01),
         ]
     };
 
@@ -378,6 +382,7 @@ pub fn safetensors_cli(data: &[u8]) {
         NormType::P(3.0),
         NormType::P(0.5),
         NormType::P(0.001),
+        NormType::P(0.01),
     ];
     let mut summaries = Vec::new();
     for norm_type in norm_types {
@@ -432,7 +437,7 @@ pub fn safetensors_cli(data: &[u8]) {
     }
 
     let max_norm = [1e-3, 1.0, 1e30][data.len() % 3];
-    let (norm_type, norm) = &summaries[[0, 0, 5][data.len() / 3 % 3]];
+    let (norm_type, norm) = &summaries[[0, 0, 5, 6][data.len() / 3 % 4]];
     match st::clip(data, &layout, max_norm, *norm_type) {
         Ok(c) => {
             let norm = norm
