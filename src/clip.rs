@@ -2,7 +2,7 @@
 
 use crate::arch::Kernels;
 use crate::chunk::NormCtx;
-use crate::dtype::Element;
+use crate::dtype::{Element, NanBits};
 use crate::error::{Error, NonFinite};
 use crate::grads::GradMut;
 use crate::isa::Isa;
@@ -103,13 +103,50 @@ fn coefficient(max_norm: f64, total: f64, eps: f64) -> f64 {
     }
 }
 
-/// Scales every element by `f32(coef)` unless `coef == 1`; returns whether it wrote.
+/// Scales every element by `c = f32(coef)` unless `c == 1` (then nothing is written: the
+/// products would be the elements themselves); returns whether it wrote.
+///
+/// NaN bits are the same on every path. The SIMD kernels already agree for a finite nonzero
+/// `c`: a NaN element comes out as itself, quieted (every instruction set propagates the NaN
+/// operand of a product). For `c` NaN or ±0 the hardware's choice differs (which NaN operand
+/// survives; the sign of the NaN that `inf * 0` makes), so those calls, rare by nature (a NaN or
+/// infinite total norm, a zero factor), take [`scale_spelled`], which writes the rule out.
 fn apply(k: &Kernels, grads: &mut [GradMut<'_>], coef: f64) -> bool {
-    if coef == 1.0 {
+    let c = coef as f32;
+    if c == 1.0 {
         return false;
     }
-    scale_set(k, grads, coef as f32, true);
+    if c.is_nan() || c == 0.0 {
+        for g in grads.iter_mut() {
+            match g {
+                GradMut::F32(s) => scale_spelled(s, c),
+                GradMut::F16(s) => scale_spelled(s, c),
+                GradMut::BF16(s) => scale_spelled(s, c),
+            }
+        }
+    } else {
+        scale_set(k, grads, c, true);
+    }
     true
+}
+
+/// `x = round_to_dtype(f32(x) * c)` with the NaN rule spelled out, element by element, the same
+/// code on every instruction set: a NaN element stays that NaN, quieted, payload kept; any other
+/// NaN product (a NaN `c`, or `±inf * 0`) is the canonical quiet NaN; `finite * ±0` is a zero
+/// with the IEEE sign.
+fn scale_spelled<T: NanBits>(d: &mut [T], c: f32) {
+    for x in d.iter_mut() {
+        *x = if x.is_nan_value() {
+            x.quieted()
+        } else {
+            let r = x.to_f32() * c;
+            if r.is_nan() {
+                T::CANONICAL_NAN
+            } else {
+                T::from_f32_rne(r)
+            }
+        };
+    }
 }
 
 /// Clips the global norm of `grads` to `max_norm`, in place, with PyTorch's semantics.

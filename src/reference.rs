@@ -107,17 +107,45 @@ fn mul_exp(x: f64, a: f64) -> f64 {
     ((r.exp() * 2f64.powi(k1)) * x) * 2f64.powi(k2)
 }
 
-/// `round_to_dtype(f32(x) * c)` for an f32 element.
+/// `round_to_dtype(f32(x) * c)` for an f32 element, with gradclip's NaN rule spelled out: a NaN
+/// element stays that NaN, quieted (payload and sign kept); any other NaN product (a NaN `c`,
+/// `±inf * 0`) is the canonical quiet NaN `0x7FC00000`.
 pub fn scale_f32(x: f32, c: f32) -> f32 {
-    x * c
+    if x.is_nan() {
+        return f32::from_bits(x.to_bits() | 0x0040_0000);
+    }
+    let r = x * c;
+    if r.is_nan() {
+        f32::from_bits(0x7FC0_0000)
+    } else {
+        r
+    }
 }
 
-/// `round_to_dtype(f32(x) * c)` for an f16 element, through `half`'s conversions.
+/// `round_to_dtype(f32(x) * c)` for an f16 element, through `half`'s conversions; NaN as in
+/// [`scale_f32`] (quiet bit `0x0200`, canonical NaN `0x7E00`).
 pub fn scale_f16(x: f16, c: f32) -> f16 {
-    f16::from_f32(x.to_f32() * c)
+    if x.is_nan() {
+        return f16::from_bits(x.to_bits() | 0x0200);
+    }
+    let r = x.to_f32() * c;
+    if r.is_nan() {
+        f16::from_bits(0x7E00)
+    } else {
+        f16::from_f32(r)
+    }
 }
 
-/// `round_to_dtype(f32(x) * c)` for a bf16 element, through `half`'s conversions.
+/// `round_to_dtype(f32(x) * c)` for a bf16 element, through `half`'s conversions; NaN as in
+/// [`scale_f32`] (quiet bit `0x0040`, canonical NaN `0x7FC0`).
 pub fn scale_bf16(x: bf16, c: f32) -> bf16 {
-    bf16::from_f32(x.to_f32() * c)
+    if x.is_nan() {
+        return bf16::from_bits(x.to_bits() | 0x0040);
+    }
+    let r = x.to_f32() * c;
+    if r.is_nan() {
+        bf16::from_bits(0x7FC0)
+    } else {
+        bf16::from_f32(r)
+    }
 }
