@@ -56,7 +56,10 @@ pub struct ClipReport {
     pub total_norm: f64,
     /// `min(1, max_norm / (total_norm + eps))` in f64 (NaN propagates); 1 when nothing was done.
     pub clip_coef: f64,
-    /// True when the buffers were rewritten (`clip_coef != 1`).
+    /// True when the buffers were rewritten, i.e. when `f32(clip_coef) != 1`: every element is
+    /// multiplied by the coefficient rounded to f32, so a coefficient within 2^-25 of 1 (a total
+    /// norm a hair above `max_norm`) multiplies by exactly 1 and nothing is written. `clipped`
+    /// is then false although `clip_coef < 1`.
     pub clipped: bool,
     /// The first non-finite element, when there was one and the policy was `Skip` or `Propagate`.
     pub nonfinite: Option<NonFinite>,
@@ -79,7 +82,8 @@ fn check_max_norm(max_norm: f64) -> Result<(), Error> {
 
 /// The clip coefficient `min(1, max_norm / (total_norm + eps))` in f64, as
 /// [`clip_grad_norm_`] computes it; a NaN propagates (`f64::min` would drop it). Validates
-/// `max_norm` (finite, > 0) and `eps` (finite, >= 0).
+/// `max_norm` (finite, > 0), `eps` (finite, >= 0) and `total_norm` (not negative: NaN and +inf
+/// are accepted), as [`clip_grads_with_norm_`] does.
 ///
 /// ```
 /// assert_eq!(gradclip::clip_coefficient(1.0, 12.5, 1e-6).unwrap(), 1.0 / (12.5 + 1e-6));
@@ -90,7 +94,17 @@ pub fn clip_coefficient(max_norm: f64, total_norm: f64, eps: f64) -> Result<f64,
     if !(eps.is_finite() && eps >= 0.0) {
         return Err(Error::InvalidEps(eps));
     }
+    check_total_norm(total_norm)?;
     Ok(coefficient(max_norm, total_norm, eps))
+}
+
+/// A total norm is never negative; NaN and +inf are accepted (they propagate).
+fn check_total_norm(total_norm: f64) -> Result<(), Error> {
+    if total_norm < 0.0 {
+        Err(Error::InvalidTotalNorm(total_norm))
+    } else {
+        Ok(())
+    }
 }
 
 /// `min(1, max_norm / (total + eps))`, NaN propagating (`f64::min` would drop it).
@@ -151,9 +165,10 @@ fn scale_spelled<T: NanBits>(d: &mut [T], c: f32) {
 
 /// Clips the global norm of `grads` to `max_norm`, in place, with PyTorch's semantics.
 ///
-/// `clip_coef = min(1, max_norm / (total_norm + eps))` in f64. When it is 1 nothing is written at
-/// all; otherwise every element becomes `round_to_dtype(f32(x) * f32(clip_coef))` (one f32
-/// multiply, then round-to-nearest-even into the buffer's dtype).
+/// `clip_coef = min(1, max_norm / (total_norm + eps))` in f64. When `f32(clip_coef)` is 1
+/// nothing is written at all; otherwise every element becomes
+/// `round_to_dtype(f32(x) * f32(clip_coef))` (one f32 multiply, then round-to-nearest-even into
+/// the buffer's dtype; NaN bits as described at [`scale_`]).
 ///
 /// ```
 /// use gradclip::{clip_grad_norm_, ClipOptions, GradMut};
@@ -250,17 +265,15 @@ fn clip_impl(
 
 /// The second half of [`clip_grad_norm_`] for a norm computed elsewhere (for example merged from
 /// the partials of several ranks): scales by `min(1, max_norm / (total_norm + 1e-6))`, writing
-/// nothing when that is 1. A NaN or infinite `total_norm` propagates as in PyTorch (the
-/// coefficient is NaN or 0).
+/// nothing when that is 1 in f32. A NaN or infinite `total_norm` propagates as in PyTorch (the
+/// coefficient is NaN or 0); a negative one is [`Error::InvalidTotalNorm`].
 pub fn clip_grads_with_norm_(
     grads: &mut [GradMut<'_>],
     max_norm: f64,
     total_norm: f64,
 ) -> Result<ClipReport, Error> {
     check_max_norm(max_norm)?;
-    if total_norm < 0.0 {
-        return Err(Error::InvalidTotalNorm(total_norm));
-    }
+    check_total_norm(total_norm)?;
     let clip_coef = coefficient(max_norm, total_norm, ClipOptions::default().eps);
     let clipped = apply(Kernels::selected(), grads, clip_coef);
     Ok(ClipReport {
@@ -272,7 +285,13 @@ pub fn clip_grads_with_norm_(
 }
 
 /// Multiplies every element by `factor`: `x = round_to_dtype(f32(x) * f32(factor))`. Nothing is
-/// written when `factor == 1`. `factor` must be finite, also once rounded to f32.
+/// written when `f32(factor) == 1`. `factor` must be finite, also once rounded to f32.
+///
+/// NaN bits are the same on every instruction set: a NaN element stays that NaN with the quiet
+/// bit set (sign and payload kept); a NaN that the product makes (a NaN coefficient in
+/// [`clip_grads_with_norm_`] or [`NonFinitePolicy::Propagate`], or `±inf * 0`) is the
+/// canonical quiet NaN (f32 `0x7FC00000`, f16 `0x7E00`, bf16 `0x7FC0`); `finite * ±0` is a
+/// zero with the IEEE sign.
 pub fn scale_(grads: &mut [GradMut<'_>], factor: f64) -> Result<(), Error> {
     scale_impl(grads, factor, None)
 }

@@ -334,3 +334,61 @@ fn nan_bits_scale_by_zero_and_by_a_finite_factor_every_isa() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. The coefficient and what is written.
+
+#[test]
+fn clip_coefficient_agrees_with_clip_grads_with_norm() {
+    assert_eq!(
+        gradclip::clip_coefficient(1.0, -5.0, 1e-6),
+        Err(Error::InvalidTotalNorm(-5.0))
+    );
+    for total in [
+        -5.0,
+        -0.0,
+        0.0,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        3.0,
+        -1e-300,
+    ] {
+        let mut v = vec![1.0f32; 4];
+        let a = gradclip::clip_coefficient(1.0, total, 1e-6);
+        let b = gradclip::clip_grads_with_norm_(&mut [GradMut::from(&mut v)], 1.0, total);
+        match (&a, &b) {
+            (Ok(c), Ok(r)) => assert_eq!(c.to_bits(), r.clip_coef.to_bits(), "{total}"),
+            (Err(e), Err(f)) => assert_eq!(e, f, "{total}"),
+            _ => panic!("total {total}: clip_coefficient {a:?}, clip_grads_with_norm_ {b:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_coefficient_that_is_one_in_f32_writes_nothing() {
+    // [3, 4] with max_norm 5.00000095: coef = 0.99999999 < 1, but f32(coef) == 1.
+    let max_norm = 5.000_000_95;
+    for isa in Isa::available() {
+        let mut v = vec![3.0f32, 4.0];
+        let r = clip_grad_norm_with_isa_(
+            &mut [GradMut::from(&mut v)],
+            max_norm,
+            ClipOptions::default(),
+            isa,
+        )
+        .unwrap();
+        assert!(r.clip_coef < 1.0 && r.clip_coef as f32 == 1.0, "{r:?}");
+        assert!(!r.clipped, "{isa:?}: reported as rewritten: {r:?}");
+        assert_eq!(v, [3.0, 4.0]);
+    }
+    // Nothing written means nothing: a signalling NaN is not even quieted.
+    let snan = f32::from_bits(0x7F80_0001);
+    let mut v = vec![snan, 2.0];
+    gradclip::scale_(&mut [GradMut::from(&mut v)], 1.000_000_01).unwrap();
+    assert_eq!(v[0].to_bits(), 0x7F80_0001);
+    let mut h = vec![f16::from_bits(0x7C01)];
+    let r = gradclip::clip_grads_with_norm_(&mut [GradMut::from(&mut h)], 5.000_000_95, 5.0);
+    assert!(!r.unwrap().clipped);
+    assert_eq!(h[0].to_bits(), 0x7C01);
+}
