@@ -75,14 +75,16 @@ pub fn run(args: NormArgs) -> ExitCode {
         Ok(x) => x,
         Err(e) => return fail(&e),
     };
-    let bytes = input.bytes();
-    sio::status(bytes.len(), "computing norms...");
-    let summary = st::norms(bytes, &layout, norm_type);
-    sio::clear_status(bytes.len());
+    input.start_progress("reading");
+    let summary = st::norms(&input, &layout, norm_type);
+    input.end_progress();
     let summary = match summary {
         Ok(s) => s,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(&sio::st_message(&input, &e)),
     };
+    if let Err(e) = input.unchanged() {
+        return fail(&e);
+    }
 
     let printed = if args.json {
         print_json(&layout, &summary)

@@ -451,8 +451,8 @@ pub fn safetensors_cli(data: &[u8]) {
             c.write_to(data, &layout, &mut out).expect("write to a Vec");
             assert_eq!(out.len(), data.len());
             assert_eq!(out[..layout.data_start], data[..layout.data_start]);
-            if !c.clipped {
-                assert!(out == data, "clip_coef 1 must copy bit for bit");
+            if !c.rewrites_data() {
+                assert!(out == data, "f32(clip_coef) == 1 must copy bit for bit");
             }
             let again = st::parse(&out).expect("clipped output parses");
             assert_eq!(again, layout);
@@ -461,6 +461,7 @@ pub fn safetensors_cli(data: &[u8]) {
                 after.nonfinite.is_none(),
                 "clipping made a non-finite value"
             );
+            check_changed_source(data, &layout, &c);
         }
         Err(StError::NonFinite(l)) => {
             let norm = norm
@@ -476,6 +477,34 @@ pub fn safetensors_cli(data: &[u8]) {
             assert!(norm.is_none(), "clip refused a norm type norms accepted");
         }
         Err(e) => panic!("unexpected clip error on a valid file: {e}"),
+    }
+}
+
+/// A source that differs from what [`st::clip`] measured: the write pass must refuse it. A file
+/// that lost its last byte gives `StError::Read`; a NaN written over the first element of the
+/// first non-empty tensor gives `StError::Changed` naming that tensor (a NaN always changes the
+/// tensor's partial).
+fn check_changed_source(data: &[u8], layout: &st::Layout, c: &st::Clipped) {
+    let Some(t) = layout.tensors.iter().find(|t| t.end > t.start) else {
+        return;
+    };
+    let mut out = Vec::new();
+    match c.write_to(&data[..data.len() - 1], layout, &mut out) {
+        Err(StError::Read { .. }) => {}
+        r => panic!("a truncated source: {r:?}"),
+    }
+    let mut changed = data.to_vec();
+    let at = layout.data_start + t.start;
+    let nan: &[u8] = match t.dtype {
+        gradclip::DType::F32 => &[0x01, 0x00, 0xC0, 0x7F],
+        gradclip::DType::F16 => &[0x01, 0x7E],
+        gradclip::DType::BF16 => &[0xC1, 0x7F],
+    };
+    changed[at..at + nan.len()].copy_from_slice(nan);
+    out.clear();
+    match c.write_to(&changed, layout, &mut out) {
+        Err(StError::Changed { name }) => assert_eq!(name, t.name),
+        r => panic!("a NaN written over the data: {r:?}"),
     }
 }
 
