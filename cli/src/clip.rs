@@ -5,10 +5,10 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use gradclip::st::{self, StError};
+use gradclip::st::{self, Compact, StError};
 use serde::Serialize;
 
-use super::safetensors_io::{self as sio, EXIT_NONFINITE};
+use super::safetensors_io::{self as sio, ClipCase, EXIT_NONFINITE};
 
 /// Arguments of `gradclip clip`.
 #[derive(clap::Args, Debug)]
@@ -148,16 +148,30 @@ pub fn run(args: ClipArgs) -> ExitCode {
     } else {
         let name = sio::norm_name(norm_type);
         let out = st::one_line(&out_path.display().to_string());
-        let msg = if clipped.clipped {
-            format!(
-                "total {name} norm {} > max-norm {max_norm}: scaled every element by {}; wrote {out}",
-                clipped.total_norm, clipped.clip_coef
-            )
+        let (t, m, c) = (
+            Compact(clipped.total_norm),
+            Compact(max_norm),
+            Compact(clipped.clip_coef),
+        );
+        let eps = Compact(sio::EPS);
+        let within = if clipped.total_norm <= max_norm {
+            format!("is within max-norm {m}")
         } else {
-            format!(
-                "total {name} norm {} is within max-norm {max_norm}: nothing to scale; wrote an identical copy to {out}",
-                clipped.total_norm
-            )
+            format!("> max-norm {m}")
+        };
+        let msg = match ClipCase::of(clipped.total_norm, max_norm, clipped.clip_coef) {
+            ClipCase::Within => format!(
+                "total {name} norm {t} {within}: nothing to scale; wrote an identical copy to {out}"
+            ),
+            ClipCase::RoundsToOne => format!(
+                "total {name} norm {t} {within}; the coefficient max_norm / (total_norm + {eps}) = {c} is 1 once rounded to f32, so nothing changed; wrote an identical copy to {out}"
+            ),
+            ClipCase::Scales { by_eps: true } => format!(
+                "total {name} norm {t} {within}, but eps = {eps} in max_norm / (total_norm + eps) makes the coefficient {c}: scaled every element by {c}; wrote {out}"
+            ),
+            ClipCase::Scales { by_eps: false } => format!(
+                "total {name} norm {t} {within}: scaled every element by {c}; wrote {out}"
+            ),
         };
         writeln!(io::stdout(), "{msg}")
     };

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
-use gradclip::st::{self, Layout, Source};
+use gradclip::st::{self, Compact, Layout, Source};
 use gradclip::NormType;
 use serde::Serialize;
 
@@ -499,15 +499,50 @@ impl Style {
     }
 }
 
-/// The human name of a norm type: `L2`, `L1`, `Linf`, `L3`, `L0.5`.
+/// The human name of a norm type: `L2`, `L1`, `Linf`, `L3`, `L0.5`, `L1e-308`.
 pub fn norm_name(n: NormType) -> String {
     match n {
         NormType::L2 => "L2".into(),
         NormType::L1 => "L1".into(),
         NormType::Inf => "Linf".into(),
-        NormType::P(p) => format!("L{p}"),
+        NormType::P(p) => format!("L{}", Compact(p)),
     }
 }
+
+/// What a clip with coefficient `coef = min(1, max_norm / (total + eps))` does, for the human
+/// text of `clip` and of `norm --max-norm` (the JSON says `clipped = coef < 1` regardless).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipCase {
+    /// `coef == 1`: the norm is within the bound, nothing changes.
+    Within,
+    /// `coef < 1` but `f32(coef) == 1`: every element would be multiplied by exactly 1, so
+    /// nothing changes.
+    RoundsToOne,
+    /// Every element is scaled. `by_eps` when `total <= max_norm`: only the `eps` in the
+    /// denominator makes the coefficient less than 1.
+    Scales {
+        /// The norm is within the bound; eps alone makes the coefficient less than 1.
+        by_eps: bool,
+    },
+}
+
+impl ClipCase {
+    /// The case of a clip of a finite `total` to `max_norm` with coefficient `coef`.
+    pub fn of(total: f64, max_norm: f64, coef: f64) -> ClipCase {
+        if coef >= 1.0 {
+            ClipCase::Within
+        } else if coef as f32 == 1.0 {
+            ClipCase::RoundsToOne
+        } else {
+            ClipCase::Scales {
+                by_eps: total <= max_norm,
+            }
+        }
+    }
+}
+
+/// The eps of `clip`: the library's default, as in PyTorch.
+pub const EPS: f64 = 1e-6;
 
 /// `[2, 3]` style shape text.
 pub fn shape_str(shape: &[usize]) -> String {

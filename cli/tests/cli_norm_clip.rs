@@ -1899,3 +1899,111 @@ fn output_block_device_or_socket_is_refused() {
     }
     assert_eq!(temporaries(dir.path()), Vec::<String>::new());
 }
+
+#[test]
+fn reports_say_when_eps_scales_and_when_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.safetensors");
+    // [3e-8, 4e-8] with max-norm 1e-7: the norm is within the bound, eps = 1e-6 scales.
+    let f = write(
+        dir.path(),
+        "eps.safetensors",
+        &build(&[Tensor::f32("w", &[2], &[3e-8, 4e-8])], None, None, 0),
+    );
+    let o = run(&["clip", s(&f), "--max-norm", "1e-7", "-o", s(&out)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("is within max-norm 1e-7") && text.contains("eps = 1e-6"),
+        "{text}"
+    );
+    assert!(text.contains("scaled every element by 0.0952"), "{text}");
+    let o = run(&["norm", s(&f), "--max-norm", "1e-7"]);
+    assert!(stdout(&o).contains("eps = 1e-6"), "{}", stdout(&o));
+
+    // [3, 4] with max-norm 5.00000095: clip_coef = 0.99999999 < 1, but 1 in f32.
+    let bytes = build(&[Tensor::f32("w", &[2], &[3.0, 4.0])], None, None, 0);
+    let f = write(dir.path(), "34.safetensors", &bytes);
+    let o = run(&["clip", s(&f), "--max-norm", "5.00000095", "-o", s(&out)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("nothing changed"), "{text}");
+    assert!(!text.contains("scaled every element"), "{text}");
+    assert_eq!(std::fs::read(&out).unwrap(), bytes, "OUT byte-identical");
+    // The JSON contract is unchanged: clipped = clip_coef < 1.
+    let o = run(&[
+        "clip",
+        s(&f),
+        "--max-norm",
+        "5.00000095",
+        "-o",
+        s(&out),
+        "--json",
+    ]);
+    let j = json(&o);
+    assert_eq!(j["clipped"], true);
+    assert!(raw_f64(&stdout(&o), "clip_coef") < 1.0);
+    let o = run(&["norm", s(&f), "--max-norm", "5.00000095"]);
+    assert!(stdout(&o).contains("no change"), "{}", stdout(&o));
+}
+
+#[test]
+fn floats_are_printed_compactly_and_plus_inf_is_a_norm_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "ones.safetensors",
+        &build(&[Tensor::f32("w", &[1000], &[1.0; 1000])], None, None, 0),
+    );
+    // 1000 ones, p = 0.01: 1000^100 = 1e300.
+    let o = run(&["norm", s(&f), "--norm-type", "0.01"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("total L0.01 norm: 1e300\n"),
+        "{}",
+        stdout(&o)
+    );
+    // p = 1e-308: the norm overflows; the message stays short.
+    let o = run(&["norm", s(&f), "--norm-type", "1e-308"]);
+    assert_one_line_error(&o, "p = 1e-308");
+    assert!(
+        stderr(&o).contains("p = 1e-308") && stderr(&o).len() < 200,
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["clip", s(&f), "--max-norm", "1e-30", "-o", "/nonexistent/x"]);
+    assert!(!stderr(&o).contains("0.0000000"), "{}", stderr(&o));
+    let out = dir.path().join("o.safetensors");
+    let o = run(&["clip", s(&f), "--max-norm", "1e-30", "-o", s(&out)]);
+    assert!(
+        stdout(&o).contains("> max-norm 1e-30") && stdout(&o).len() < 200,
+        "{}",
+        stdout(&o)
+    );
+    // `+inf` as `inf`.
+    for p in ["+inf", "+Infinity", "inf", "INF"] {
+        let o = run(&["norm", s(&f), "--norm-type", p, "--json"]);
+        assert_eq!(code(&o), 0, "{p}: {}", stderr(&o));
+        assert_eq!(json(&o)["norm_type"], "inf");
+    }
+    let o = run(&["norm", s(&f), "--norm-type", "-inf"]);
+    assert_one_line_error(&o, "-inf");
+}
+
+#[test]
+fn p_norm_of_tiny_values_is_finite_end_to_end() {
+    // The reproduction: 2000 values of 1.4e-45, p = 0.01: the norm is about 1.8e285.
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = f32::from_bits(1);
+    let f = write(
+        dir.path(),
+        "tiny.safetensors",
+        &build(&[Tensor::f32("w", &[2000], &[tiny; 2000])], None, None, 0),
+    );
+    let o = run(&["norm", s(&f), "--norm-type", "0.01", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let got = raw_f64(&stdout(&o), "total_norm");
+    let h = 2000f64.powf(50.0);
+    let want = (tiny as f64 * h) * h;
+    assert_close(got, want, 1e-10, "total");
+}

@@ -44,3 +44,6 @@ pub use error::{one_line, Located, StError, MAX_HEADER_LEN};
 pub use header::{dtype_str, parse, read_layout, Layout, TensorInfo};
 pub use norms::{norms, NormSummary};
 pub use source::Source;
+
+/// Floats in messages, as the command line prints them (see [`Compact`]).
+pub use crate::error::Compact;
