@@ -97,3 +97,71 @@ fn every_command_help_has_an_example() {
         assert!(help.contains(&format!("gradclip {cmd}")), "{cmd}");
     }
 }
+
+/// Runs gradclip with `args`, its stdout a pipe already closed by the reader (as `| head`
+/// leaves it): every write fails with EPIPE.
+fn run_into_closed_pipe(args: &[&str]) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gradclip"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    wait_at_most(child, 120)
+}
+
+/// Waits for `child` at most `secs` seconds; kills it and panics after that.
+fn wait_at_most(mut child: std::process::Child, secs: u64) -> std::process::Output {
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed().as_secs() > secs {
+            let _ = child.kill();
+            panic!("still running after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn bench_sizes_are_bounded() {
+    for args in [
+        vec!["bench", "--size", "18446744073709551615"],
+        vec!["bench", "--size", "68719476737"],
+        vec!["bench", "--samples", "1000000"],
+        vec!["bench", "--threads", "1000000"],
+        vec!["bench", "--samples", "0"],
+    ] {
+        let child = Command::new(env!("CARGO_BIN_EXE_gradclip"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = wait_at_most(child, 60);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn bench_into_a_closed_pipe_ends_quietly() {
+    for json in [false, true] {
+        let mut args = vec!["bench", "--size", "65536", "--samples", "1"];
+        args.extend(["--threads", "1", "--no-cache-rows", "--op", "norm_l2"]);
+        if json {
+            args.push("--json");
+        }
+        let out = run_into_closed_pipe(&args);
+        assert_eq!(out.status.code(), Some(0), "json {json}: {out:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
