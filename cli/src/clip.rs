@@ -27,7 +27,8 @@ A regular OUT is written to a temporary file in its folder and renamed into plac
                link itself is replaced by a regular file; its target is not touched.
 An existing FIFO or character device (/dev/null, /dev/stdout), or a link to one, is
 never replaced: the clipped file is written into it (if the run fails part-way, its
-reader has seen part of it). A block device or a socket is refused (exit 2).
+reader has seen part of it). A block device, a socket, and a link into /proc that
+leads to a regular file (/dev/stdout redirected to a file) are refused (exit 2).
 The input is read twice (measure, then write); if it changes in between (another
 process rewrites or truncates it) the run is refused (exit 2, OUT not written).
 Memory: at most 1 MiB of the input per thread is held at a time.

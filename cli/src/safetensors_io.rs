@@ -221,6 +221,11 @@ fn out_kind(out: &Path, shown: &str) -> Result<OutKind, String> {
         return Err(format!("output `{shown}` is a directory"));
     }
     if meta.is_file() {
+        if links_into_proc(out) {
+            return Err(format!(
+                "output `{shown}` is a link into /proc, to a file another process has open (as /dev/stdout is to a redirected stdout): refusing to replace the link; give the file's own path"
+            ));
+        }
         return Ok(OutKind::Replace);
     }
     #[cfg(unix)]
@@ -245,6 +250,28 @@ fn out_kind(out: &Path, shown: &str) -> Result<OutKind, String> {
     Err(format!(
         "output `{shown}` is not a regular file: refusing to replace it"
     ))
+}
+
+/// True when `out` is a symbolic link that leads, possibly through other links, into `/proc`
+/// (`/dev/stdout` -> `/proc/self/fd/1`): it names a file that a process has open, not a place in
+/// the file system, and replacing it would replace `/dev/stdout` itself.
+fn links_into_proc(out: &Path) -> bool {
+    let mut at = out.to_path_buf();
+    // As many hops as the kernel follows.
+    for _ in 0..40 {
+        let Ok(target) = std::fs::read_link(&at) else {
+            return false;
+        };
+        let target = match at.parent() {
+            Some(dir) if target.is_relative() => dir.join(target),
+            _ => target,
+        };
+        if target.starts_with("/proc") {
+            return true;
+        }
+        at = target;
+    }
+    false
 }
 
 /// Writes OUT with `write`, which gets a buffered writer and returns a one-line error.

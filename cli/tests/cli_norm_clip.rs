@@ -2007,3 +2007,43 @@ fn p_norm_of_tiny_values_is_finite_end_to_end() {
     let want = (tiny as f64 * h) * h;
     assert_close(got, want, 1e-10, "total");
 }
+
+#[cfg(unix)]
+#[test]
+fn output_link_into_proc_is_never_replaced() {
+    // A link like /dev/stdout (here in a temporary folder): `-o LINK` with stdout redirected to a
+    // regular file must not replace the link; with stdout a pipe, the data goes into the pipe.
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = build(&mixed_tensors(), None, None, 0);
+    let f = write(dir.path(), "g.safetensors", &bytes);
+    let link = dir.path().join("stdout");
+    std::os::unix::fs::symlink("/proc/self/fd/1", &link).unwrap();
+    let redirected = dir.path().join("redirected");
+    let o = bin()
+        .args(["clip", s(&f), "--max-norm", "0.5", "-o", s(&link)])
+        .stdout(std::fs::File::create(&redirected).unwrap())
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "link into /proc");
+    assert!(stderr(&o).contains("/proc"), "{}", stderr(&o));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(temporaries(dir.path()), Vec::<String>::new());
+    // Into a pipe: the clipped file, then the JSON line.
+    let regular = dir.path().join("regular.safetensors");
+    let o = run(&["clip", s(&f), "--max-norm", "0.5", "-o", s(&regular)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let want = std::fs::read(&regular).unwrap();
+    let o = run(&["clip", s(&f), "--max-norm", "0.5", "-o", s(&link), "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        o.stdout.starts_with(&want),
+        "the clipped file went to the pipe"
+    );
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
