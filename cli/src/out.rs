@@ -2,7 +2,7 @@
 //! (`gradclip bench | head -1`) ends the run quietly.
 //!
 //! `println!` panics when stdout is a closed pipe (Rust ignores SIGPIPE, so the write fails with
-//! `EPIPE` instead of killing the process). [`outln!`] writes the line and, on `EPIPE`, exits
+//! `EPIPE` instead of killing the process). [`outln!`](crate::outln) writes the line and, on `EPIPE`, exits
 //! with status 0 and no message, as `norm` and `clip` already do for their output: the reader
 //! took what it wanted. Any other write error is one line on stderr and exit status 2.
 
@@ -26,7 +26,7 @@ pub fn failed(e: &io::Error) -> ! {
     std::process::exit(2);
 }
 
-/// `println!` that ends the process quietly when stdout is a closed pipe (see [`line`]).
+/// `println!` that ends the process quietly when stdout is a closed pipe (see [`line()`]).
 #[macro_export]
 macro_rules! outln {
     () => {

@@ -53,10 +53,10 @@ fn cast_or_copy<T: bytemuck::Pod, const N: usize>(
     )
 }
 
-/// The elements of tensor `i` of a file that [`parse`] accepted, copied when they cannot be
-/// borrowed. Returns `None` for an index or a layout that does not fit `bytes` (never the case
-/// for the pair `parse` returned). [`norms`] and [`clip`] do not use it: they never hold more
-/// than [`SCRATCH_BYTES`] of copies.
+/// The elements of tensor `i` of a file that [`parse`](super::parse) accepted, copied when
+/// they cannot be borrowed. Returns `None` for an index or a layout that does not fit `bytes`
+/// (never the case for the pair `parse` returned). [`norms`](super::norms) and
+/// [`clip`](super::clip) do not use it: they hold at most [`SCRATCH_BYTES`] per thread.
 pub fn tensor_data<'a>(bytes: &'a [u8], layout: &Layout, i: usize) -> Option<TensorData<'a>> {
     let t = layout.tensors.get(i)?;
     let raw = bytes
@@ -68,14 +68,14 @@ pub fn tensor_data<'a>(bytes: &'a [u8], layout: &Layout, i: usize) -> Option<Ten
     })
 }
 
-/// Size of the reused buffers [`norms`] and [`clip`] read tensor data into (with positioned
-/// reads, see [`Source`]), one per thread that reads: the most memory they use beyond the
-/// header and the per-tensor bookkeeping is this times the number of threads, whatever the
-/// file's size. Small on purpose: a piece read into a buffer that stays in the core's cache is
-/// reduced from the cache (measured: 1 MiB pieces read and reduce a 1 GiB file at about the
-/// speed of a plain sequential read; 64 MiB pieces took 2.5 times as long). The environment
-/// variable `GRADCLIP_SCRATCH_BYTES` overrides it (at least 256 KiB), so tests can reach the
-/// piecewise paths with small files.
+/// Size of the reused buffers [`norms`](super::norms) and [`clip`](super::clip) read tensor
+/// data into (with positioned reads, see [`Source`]), one per thread that reads: the most
+/// memory they use beyond the header and the per-tensor bookkeeping is this times the number
+/// of threads, whatever the file's size. Small on purpose: a piece read into a buffer that
+/// stays in the core's cache is reduced from the cache (measured: 1 MiB pieces read and reduce
+/// a 1 GiB file at about the speed of a plain sequential read; 64 MiB pieces took 2.5 times as
+/// long). The environment variable `GRADCLIP_SCRATCH_BYTES` overrides it (at least 256 KiB),
+/// so tests can reach the piecewise paths with small files.
 pub const SCRATCH_BYTES: usize = 1 << 20;
 
 /// The scratch size in force (see [`SCRATCH_BYTES`]): a multiple of 8, at least one f32 chunk
