@@ -1,5 +1,8 @@
 //! `gradclip bench --json`: one object per line, the documented keys in the documented order.
 
+mod common;
+
+use common::wait_at_most;
 use std::process::Command;
 
 use serde_json::Value;
@@ -110,19 +113,6 @@ fn run_into_closed_pipe(args: &[&str]) -> std::process::Output {
         .unwrap();
     drop(child.stdout.take());
     wait_at_most(child, 120)
-}
-
-/// Waits for `child` at most `secs` seconds; kills it and panics after that.
-fn wait_at_most(mut child: std::process::Child, secs: u64) -> std::process::Output {
-    let start = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed().as_secs() > secs {
-            let _ = child.kill();
-            panic!("still running after {secs} s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
 }
 
 #[test]

@@ -3,6 +3,9 @@
 //! symptom that never fires in the clipped run fires in it before the NaN; with clipping it stays
 //! finite and the held-out loss falls. A longer run of (c) beats the predict-the-mean baseline.
 
+mod common;
+
+use common::wait_at_most;
 use std::process::Command;
 
 use gradclip::monitor::MonitorConfig;
@@ -138,19 +141,6 @@ fn demo_learning_run_beats_the_mean_baseline() {
         "(c) {} vs predict-the-mean {BASELINE}",
         c.final_mse
     );
-}
-
-/// Waits for `child` at most `secs` seconds; kills it and panics after that.
-fn wait_at_most(mut child: std::process::Child, secs: u64) -> std::process::Output {
-    let start = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed().as_secs() > secs {
-            let _ = child.kill();
-            panic!("still running after {secs} s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
 }
 
 #[test]
