@@ -30,6 +30,7 @@ use crate::rnn::{
 use gradclip::advisor::{advise, RunFacts};
 use gradclip::monitor::{MonitorConfig, Symptom};
 use gradclip::rng::Rng;
+use gradclip::st::Compact;
 use gradclip::stabilize::{spectral_radius_exact, spectral_radius_power, SpectralNorm};
 use gradclip::ToolkitError;
 
@@ -141,13 +142,16 @@ fn check_args(args: &DemoArgs) -> Result<(), String> {
     }
     for (name, v) in [("--lr", args.lr), ("--low-lr", args.low_lr)] {
         if !(v.is_finite() && v > 0.0) {
-            return Err(format!("{name} must be a finite number > 0, got {v}"));
+            return Err(format!(
+                "{name} must be a finite number > 0, got {}",
+                Compact(v)
+            ));
         }
     }
     if !(args.momentum.is_finite() && (0.0..1.0).contains(&args.momentum)) {
         return Err(format!(
             "--momentum must be in [0, 1), got {}",
-            args.momentum
+            Compact(args.momentum)
         ));
     }
     if args.runs.is_empty() || !args.runs.chars().all(|c| ('a'..='f').contains(&c)) {
@@ -408,7 +412,7 @@ fn training_section(
          predicting the mean scores MSE ≈ 0.167, accuracy = |y − target| < 0.04; ‖∂L/∂x‖ markers = \
          mean over the steps of the gradient reaching the inputs at the two marker steps; σ(W_hh) end = \
          spectral norm of the recurrent matrix in use after training)",
-        args.lr
+        Compact(args.lr)
     );
     let mut out = Vec::new();
     for spec in specs {

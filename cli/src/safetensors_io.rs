@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
@@ -34,16 +34,23 @@ pub fn fail(cmd: &str, msg: impl std::fmt::Display) -> ExitCode {
 
 /// Test hook: with `GRADCLIP_TEST_PAUSE=POINT` in the environment, the first time the run
 /// reaches `POINT` (`read`: the first read of tensor data; `write`: the first bytes written to
-/// OUT) it prints `gradclip: test pause at POINT` on stderr and waits for a line on stdin. Tests
-/// use it to change the input or send a signal at a known moment; nothing else sets it.
+/// OUT) it prints `gradclip: test pause at POINT` on stderr and waits for a line on stdin; every
+/// other thread that reaches the same point meanwhile waits too, so nothing is read or written
+/// during the pause. Tests use it to change the input or send a signal at a known moment;
+/// nothing else sets it.
 fn test_pause(point: &str) {
-    static DONE: AtomicBool = AtomicBool::new(false);
-    let wanted = std::env::var_os("GRADCLIP_TEST_PAUSE");
-    if wanted.as_deref() != Some(point.as_ref()) || DONE.swap(true, Ordering::Relaxed) {
+    static WANTED: OnceLock<Option<std::ffi::OsString>> = OnceLock::new();
+    static PAUSE: Mutex<bool> = Mutex::new(false);
+    let wanted = WANTED.get_or_init(|| std::env::var_os("GRADCLIP_TEST_PAUSE"));
+    if wanted.as_deref() != Some(point.as_ref()) {
         return;
     }
-    let _ = writeln!(io::stderr(), "gradclip: test pause at {point}");
-    let _ = io::stdin().lock().read_line(&mut String::new());
+    let mut done = PAUSE.lock().unwrap_or_else(|e| e.into_inner());
+    if !*done {
+        *done = true;
+        let _ = writeln!(io::stderr(), "gradclip: test pause at {point}");
+        let _ = io::stdin().lock().read_line(&mut String::new());
+    }
 }
 
 /// The input file, open for positioned reads (see [`gradclip::st::Source`]), with what it looked
