@@ -2,7 +2,7 @@
 
 use crate::arch::Kernels;
 use crate::chunk::NormCtx;
-use crate::dtype::Element;
+use crate::dtype::{Element, NanBits};
 use crate::error::{Error, NonFinite};
 use crate::grads::GradMut;
 use crate::isa::Isa;
@@ -22,7 +22,9 @@ pub enum NonFinitePolicy {
     /// the step.
     Skip,
     /// PyTorch's behaviour: the total norm is NaN (any NaN) or +inf, the coefficient
-    /// `max_norm / (norm + eps)` is NaN or 0, and every element is multiplied by it.
+    /// `max_norm / (norm + eps)` is NaN or 0, and every element is multiplied by it. (Finite
+    /// gradients whose P norm exceeds f64 are not "non-finite": they give
+    /// [`Error::NormOverflow`] under every policy.)
     Propagate,
 }
 
@@ -54,7 +56,10 @@ pub struct ClipReport {
     pub total_norm: f64,
     /// `min(1, max_norm / (total_norm + eps))` in f64 (NaN propagates); 1 when nothing was done.
     pub clip_coef: f64,
-    /// True when the buffers were rewritten (`clip_coef != 1`).
+    /// True when the buffers were rewritten, i.e. when `f32(clip_coef) != 1`: every element is
+    /// multiplied by the coefficient rounded to f32, so a coefficient within 2^-25 of 1 (a total
+    /// norm a hair above `max_norm`) multiplies by exactly 1 and nothing is written. `clipped`
+    /// is then false although `clip_coef < 1`.
     pub clipped: bool,
     /// The first non-finite element, when there was one and the policy was `Skip` or `Propagate`.
     pub nonfinite: Option<NonFinite>,
@@ -77,7 +82,8 @@ fn check_max_norm(max_norm: f64) -> Result<(), Error> {
 
 /// The clip coefficient `min(1, max_norm / (total_norm + eps))` in f64, as
 /// [`clip_grad_norm_`] computes it; a NaN propagates (`f64::min` would drop it). Validates
-/// `max_norm` (finite, > 0) and `eps` (finite, >= 0).
+/// `max_norm` (finite, > 0), `eps` (finite, >= 0) and `total_norm` (not negative: NaN and +inf
+/// are accepted), as [`clip_grads_with_norm_`] does.
 ///
 /// ```
 /// assert_eq!(gradclip::clip_coefficient(1.0, 12.5, 1e-6).unwrap(), 1.0 / (12.5 + 1e-6));
@@ -88,7 +94,17 @@ pub fn clip_coefficient(max_norm: f64, total_norm: f64, eps: f64) -> Result<f64,
     if !(eps.is_finite() && eps >= 0.0) {
         return Err(Error::InvalidEps(eps));
     }
+    check_total_norm(total_norm)?;
     Ok(coefficient(max_norm, total_norm, eps))
+}
+
+/// A total norm is never negative; NaN and +inf are accepted (they propagate).
+fn check_total_norm(total_norm: f64) -> Result<(), Error> {
+    if total_norm < 0.0 {
+        Err(Error::InvalidTotalNorm(total_norm))
+    } else {
+        Ok(())
+    }
 }
 
 /// `min(1, max_norm / (total + eps))`, NaN propagating (`f64::min` would drop it).
@@ -101,20 +117,58 @@ fn coefficient(max_norm: f64, total: f64, eps: f64) -> f64 {
     }
 }
 
-/// Scales every element by `f32(coef)` unless `coef == 1`; returns whether it wrote.
+/// Scales every element by `c = f32(coef)` unless `c == 1` (then nothing is written: the
+/// products would be the elements themselves); returns whether it wrote.
+///
+/// NaN bits are the same on every path. The SIMD kernels already agree for a finite nonzero
+/// `c`: a NaN element comes out as itself, quieted (every instruction set propagates the NaN
+/// operand of a product). For `c` NaN or ±0 the hardware's choice differs (which NaN operand
+/// survives; the sign of the NaN that `inf * 0` makes), so those calls, rare by nature (a NaN or
+/// infinite total norm, a zero factor), take [`scale_spelled`], which writes the rule out.
 fn apply(k: &Kernels, grads: &mut [GradMut<'_>], coef: f64) -> bool {
-    if coef == 1.0 {
+    let c = coef as f32;
+    if c == 1.0 {
         return false;
     }
-    scale_set(k, grads, coef as f32, true);
+    if c.is_nan() || c == 0.0 {
+        for g in grads.iter_mut() {
+            match g {
+                GradMut::F32(s) => scale_spelled(s, c),
+                GradMut::F16(s) => scale_spelled(s, c),
+                GradMut::BF16(s) => scale_spelled(s, c),
+            }
+        }
+    } else {
+        scale_set(k, grads, c, true);
+    }
     true
+}
+
+/// `x = round_to_dtype(f32(x) * c)` with the NaN rule spelled out, element by element, the same
+/// code on every instruction set: a NaN element stays that NaN, quieted, payload kept; any other
+/// NaN product (a NaN `c`, or `±inf * 0`) is the canonical quiet NaN; `finite * ±0` is a zero
+/// with the IEEE sign.
+fn scale_spelled<T: NanBits>(d: &mut [T], c: f32) {
+    for x in d.iter_mut() {
+        *x = if x.is_nan_value() {
+            x.quieted()
+        } else {
+            let r = x.to_f32() * c;
+            if r.is_nan() {
+                T::CANONICAL_NAN
+            } else {
+                T::from_f32_rne(r)
+            }
+        };
+    }
 }
 
 /// Clips the global norm of `grads` to `max_norm`, in place, with PyTorch's semantics.
 ///
-/// `clip_coef = min(1, max_norm / (total_norm + eps))` in f64. When it is 1 nothing is written at
-/// all; otherwise every element becomes `round_to_dtype(f32(x) * f32(clip_coef))` (one f32
-/// multiply, then round-to-nearest-even into the buffer's dtype).
+/// `clip_coef = min(1, max_norm / (total_norm + eps))` in f64. When `f32(clip_coef)` is 1
+/// nothing is written at all; otherwise every element becomes
+/// `round_to_dtype(f32(x) * f32(clip_coef))` (one f32 multiply, then round-to-nearest-even into
+/// the buffer's dtype; NaN bits as described at [`scale_`]).
 ///
 /// ```
 /// use gradclip::{clip_grad_norm_, ClipOptions, GradMut};
@@ -161,11 +215,12 @@ fn clip_impl(
             stop: None,
         };
         let part = reduce_set(&ctx, grads, None, true);
-        let total = part.finish();
-        let nonfinite = if part.is_finite() {
-            None
+        // Finite input whose norm exceeds f64 is refused as under the other policies: its
+        // true coefficient is not the 0 that an infinite total would give.
+        let (total, nonfinite) = if part.is_finite() {
+            (finite_norm(&part)?, None)
         } else {
-            Some(first_nonfinite_or_panic_free(grads))
+            (part.finish(), Some(first_nonfinite_or_panic_free(grads)))
         };
         let clip_coef = coefficient(max_norm, total, eps);
         let clipped = apply(k, grads, clip_coef);
@@ -210,17 +265,15 @@ fn clip_impl(
 
 /// The second half of [`clip_grad_norm_`] for a norm computed elsewhere (for example merged from
 /// the partials of several ranks): scales by `min(1, max_norm / (total_norm + 1e-6))`, writing
-/// nothing when that is 1. A NaN or infinite `total_norm` propagates as in PyTorch (the
-/// coefficient is NaN or 0).
+/// nothing when that is 1 in f32. A NaN or infinite `total_norm` propagates as in PyTorch (the
+/// coefficient is NaN or 0); a negative one is [`Error::InvalidTotalNorm`].
 pub fn clip_grads_with_norm_(
     grads: &mut [GradMut<'_>],
     max_norm: f64,
     total_norm: f64,
 ) -> Result<ClipReport, Error> {
     check_max_norm(max_norm)?;
-    if total_norm < 0.0 {
-        return Err(Error::InvalidTotalNorm(total_norm));
-    }
+    check_total_norm(total_norm)?;
     let clip_coef = coefficient(max_norm, total_norm, ClipOptions::default().eps);
     let clipped = apply(Kernels::selected(), grads, clip_coef);
     Ok(ClipReport {
@@ -232,7 +285,13 @@ pub fn clip_grads_with_norm_(
 }
 
 /// Multiplies every element by `factor`: `x = round_to_dtype(f32(x) * f32(factor))`. Nothing is
-/// written when `factor == 1`. `factor` must be finite, also once rounded to f32.
+/// written when `f32(factor) == 1`. `factor` must be finite, also once rounded to f32.
+///
+/// NaN bits are the same on every instruction set: a NaN element stays that NaN with the quiet
+/// bit set (sign and payload kept); a NaN that the product makes (a NaN coefficient in
+/// [`clip_grads_with_norm_`] or [`NonFinitePolicy::Propagate`], or `±inf * 0`) is the
+/// canonical quiet NaN (f32 `0x7FC00000`, f16 `0x7E00`, bf16 `0x7FC0`); `finite * ±0` is a
+/// zero with the IEEE sign.
 pub fn scale_(grads: &mut [GradMut<'_>], factor: f64) -> Result<(), Error> {
     scale_impl(grads, factor, None)
 }

@@ -147,6 +147,40 @@ impl Element for bf16 {
     }
 }
 
+/// The NaN bits gradclip writes when a product's NaN would otherwise depend on the instruction
+/// set (see `clip.rs`): an element that is NaN stays that NaN with the quiet bit set (payload and
+/// sign kept); a NaN made by the arithmetic is the canonical quiet NaN, sign clear.
+pub(crate) trait NanBits: Element {
+    /// The canonical quiet NaN: f32 `0x7FC00000`, f16 `0x7E00`, bf16 `0x7FC0`.
+    const CANONICAL_NAN: Self;
+    /// `self` with the quiet bit set (meaningful for a NaN).
+    fn quieted(self) -> Self;
+}
+
+impl NanBits for f32 {
+    const CANONICAL_NAN: Self = f32::from_bits(0x7FC0_0000);
+    #[inline(always)]
+    fn quieted(self) -> Self {
+        f32::from_bits(self.to_bits() | 0x0040_0000)
+    }
+}
+
+impl NanBits for f16 {
+    const CANONICAL_NAN: Self = f16::from_bits(0x7E00);
+    #[inline(always)]
+    fn quieted(self) -> Self {
+        f16::from_bits(self.to_bits() | 0x0200)
+    }
+}
+
+impl NanBits for bf16 {
+    const CANONICAL_NAN: Self = bf16::from_bits(0x7FC0);
+    #[inline(always)]
+    fn quieted(self) -> Self {
+        bf16::from_bits(self.to_bits() | 0x0040)
+    }
+}
+
 /// Exact binary16 → binary32 widening, branch-free bit logic (no table, no CPU feature), so loops
 /// over it vectorise: the lane-generic widening of the crate's `lanes` module, on one lane (the logic is explained there).
 /// Requires the default floating-point environment (no flush-to-zero), as all of Rust does.

@@ -3,6 +3,23 @@
 
 use std::fmt;
 
+/// A float for messages: the shortest text that reads back as the same f64, in exponent form
+/// when it is tiny or huge (`|x| < 1e-4` or `|x| >= 1e16`), so no message carries hundreds of
+/// digits (`1e-308`, `2.99678138824832e27`, `0.5`, `12.5`).
+#[derive(Debug, Clone, Copy)]
+pub struct Compact(pub f64);
+
+impl fmt::Display for Compact {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let x = self.0;
+        if x == 0.0 || !x.is_finite() || (1e-4..1e16).contains(&x.abs()) {
+            write!(f, "{x}")
+        } else {
+            write!(f, "{x:e}")
+        }
+    }
+}
+
 /// The first non-finite element (NaN or ±inf) found in a set of gradient buffers, in buffer order:
 /// lowest buffer index first, then lowest element index inside that buffer.
 ///
@@ -113,21 +130,32 @@ impl fmt::Display for Error {
         match self {
             Error::NonFinite(nf) => nf.fmt(f),
             Error::InvalidNormType { p } => {
+                let p = Compact(*p);
                 write!(f, "invalid norm type: p must be finite and > 0, got {p}")
             }
             Error::NormOverflow { p } => write!(
                 f,
-                "the norm with p = {p} of these finite gradients exceeds the f64 range"
+                "the norm with p = {} of these finite gradients exceeds the f64 range",
+                Compact(*p)
             ),
             Error::InvalidMaxNorm(v) => {
+                let v = Compact(*v);
                 write!(f, "invalid max_norm {v}: must be finite and > 0")
             }
-            Error::InvalidEps(v) => write!(f, "invalid eps {v}: must be finite and >= 0"),
-            Error::InvalidTotalNorm(v) => write!(f, "invalid total_norm {v}: must be >= 0"),
+            Error::InvalidEps(v) => {
+                let v = Compact(*v);
+                write!(f, "invalid eps {v}: must be finite and >= 0")
+            }
+            Error::InvalidTotalNorm(v) => {
+                let v = Compact(*v);
+                write!(f, "invalid total_norm {v}: must be >= 0")
+            }
             Error::InvalidFactor(v) => {
+                let v = Compact(*v);
                 write!(f, "invalid scale factor {v}: must be finite in f32")
             }
             Error::InvalidClipValue(v) => {
+                let v = Compact(*v);
                 write!(f, "invalid clip_value {v}: must be >= 0 and not NaN")
             }
             Error::LengthMismatch { expected, got } => {
@@ -152,5 +180,37 @@ impl std::error::Error for Error {
 impl From<NonFinite> for Error {
     fn from(nf: NonFinite) -> Self {
         Error::NonFinite(nf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_is_short_and_reads_back() {
+        for (x, want) in [
+            (0.0, "0"),
+            (-0.0, "-0"),
+            (0.5, "0.5"),
+            (12.5, "12.5"),
+            (1e-4, "0.0001"),
+            (9.5e-5, "9.5e-5"),
+            (1e15, "1000000000000000"),
+            (1e16, "1e16"),
+            (1e-308, "1e-308"),
+            (2.996_781_388_248_32e27, "2.99678138824832e27"),
+            (f64::MAX, "1.7976931348623157e308"),
+            (f64::NAN, "NaN"),
+            (f64::NEG_INFINITY, "-inf"),
+        ] {
+            let s = Compact(x).to_string();
+            assert_eq!(s, want);
+            if x.is_finite() {
+                assert_eq!(s.parse::<f64>().unwrap().to_bits(), x.to_bits());
+            }
+        }
+        let e = Error::NormOverflow { p: 1e-308 }.to_string();
+        assert!(e.contains("p = 1e-308") && e.len() < 100, "{e}");
     }
 }

@@ -175,7 +175,8 @@ impl NormPartial {
 
     /// The norm value: NaN if a NaN went in, +inf if an inf (and no NaN) went in. A P norm of
     /// finite input whose value exceeds f64 (small `p` only) also gives +inf; tell the two apart
-    /// with [`NormPartial::is_finite`].
+    /// with [`NormPartial::is_finite`]. A P norm whose value fits in f64 is returned finite even
+    /// when `total^(1/p)` alone would overflow (largest magnitude below 1, small `p`).
     pub fn finish(&self) -> f64 {
         match self.nonfinite {
             FINITE => {}
@@ -192,9 +193,34 @@ impl NormPartial {
         } else if self.scale == 0.0 {
             0.0
         } else {
-            self.scale * total.powf(1.0 / self.p)
+            p_norm_value(self.scale, total, self.p)
         }
     }
+}
+
+/// `scale * total^(1/p)` without a spurious overflow.
+///
+/// `total` is at least 1 (the largest element contributes exactly 1), so only the power can
+/// overflow, and for a small `p` it does (2000 elements, `p = 0.01`: `2000^100 = 1.3e330`) even
+/// when `scale` is small enough to bring the product back into range (`1.4e-45 * 1.3e330`). The
+/// usual path keeps its bits; when the power overflows, the product is formed from its base-2
+/// logarithm, `log2(scale) + log2(total) / p`, split into an integer `k` and a fraction `f`:
+/// `2^f` in [1, 2) times the exact power of two `2^k`. +inf only when that logarithm reaches
+/// 1024, i.e. when the norm itself exceeds f64.
+fn p_norm_value(scale: f64, total: f64, p: f64) -> f64 {
+    let power = total.powf(1.0 / p);
+    if power.is_finite() {
+        return scale * power;
+    }
+    let lg = scale.log2() + total.log2() / p;
+    if lg >= 1024.0 {
+        return f64::INFINITY;
+    }
+    // `power` overflowed, so `log2(total) / p >= 1024` and `lg > 1024 - 149`: `k` is a normal
+    // exponent and `2^k` is exact.
+    let k = lg.floor();
+    let two_k = f64::from_bits(((k as i64 + 1023) as u64) << 52);
+    (lg - k).exp2() * two_k
 }
 
 #[cfg(test)]
@@ -237,6 +263,23 @@ mod tests {
         }
         assert_eq!(acc.sum, 1e32);
         assert_eq!(acc.comp, 1000.0);
+    }
+
+    #[test]
+    fn p_finish_forms_the_product_without_overflow() {
+        // 2000 * 2^-149 with p = 0.01: 2000^100 = 1.3e330 overflows, the norm 1.8e285 does not.
+        let tiny = f64::from_bits(0x36A0_0000_0000_0000); // 2^-149
+        let a = NormPartial::from_scaled_sum(0.01, tiny, 2000.0, 0.0);
+        let h = 2000f64.powf(50.0);
+        let want = (tiny * h) * h;
+        let got = a.finish();
+        assert!(((got - want) / want).abs() < 1e-12, "{got:e} vs {want:e}");
+        // Beyond f64: +inf, still flagged finite input.
+        let b = NormPartial::from_scaled_sum(0.001, 1.0, 3.0, 0.0);
+        assert!(b.finish().is_infinite() && b.is_finite());
+        // Right at the top of the range.
+        let c = NormPartial::from_scaled_sum(0.001, f64::MAX / 2.0f64.powf(1000.0), 2.0, 0.0);
+        assert!(c.finish().is_finite());
     }
 
     #[test]

@@ -33,6 +33,11 @@ impl DoubleDouble {
     pub fn value(&self) -> f64 {
         self.hi + self.lo
     }
+
+    /// The natural logarithm of the value (positive), to about one unit in the last place.
+    pub fn ln(&self) -> f64 {
+        self.hi.ln() + self.lo / self.hi
+    }
 }
 
 fn widened(g: Grad<'_>) -> Vec<f64> {
@@ -75,22 +80,72 @@ pub fn norm(grads: &[Grad<'_>], norm_type: NormType) -> f64 {
             }
             let mut acc = DoubleDouble::default();
             values.iter().for_each(|v| acc.add((v.abs() / max).powf(p)));
-            max * acc.value().powf(1.0 / p)
+            // max * S^(1/p), where S^(1/p) alone may exceed f64 while the norm does not
+            // (S >= 1; a small p): through the natural logarithm, ln(S) / p.
+            mul_exp(max, acc.ln() / p)
         }
     }
 }
 
-/// `round_to_dtype(f32(x) * c)` for an f32 element.
+/// `x * e^a` for `x > 0` and `a >= 0`, finite whenever the product is: `e^a = e^r * 2^k` with
+/// `k = round(a / ln 2)` and `|r| <= ln(2) / 2` (Cody–Waite reduction: ln 2 in two parts, the
+/// first with enough trailing zero bits that `k * LN2_HI` is exact), then
+/// `((e^r * 2^k1) * x) * 2^k2` with `k1 + k2 = k`, `0 <= k1 <= k2`: the powers of two are exact
+/// and no intermediate overflows or goes subnormal unless the result does. A formula of its
+/// own, so the reference does not share a bug with the kernels' `NormPartial::finish`.
+fn mul_exp(x: f64, a: f64) -> f64 {
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    let k = (a / std::f64::consts::LN_2).round();
+    // x >= 2^-149 (the smallest f32 subnormal), so 2^2046 * x is beyond f64.
+    if k > 2046.0 {
+        return f64::INFINITY;
+    }
+    let r = (a - k * LN2_HI) - k * LN2_LO;
+    let k = k as i32;
+    let (k1, k2) = (k / 2, k - k / 2);
+    ((r.exp() * 2f64.powi(k1)) * x) * 2f64.powi(k2)
+}
+
+/// `round_to_dtype(f32(x) * c)` for an f32 element, with gradclip's NaN rule spelled out: a NaN
+/// element stays that NaN, quieted (payload and sign kept); any other NaN product (a NaN `c`,
+/// `±inf * 0`) is the canonical quiet NaN `0x7FC00000`.
 pub fn scale_f32(x: f32, c: f32) -> f32 {
-    x * c
+    if x.is_nan() {
+        return f32::from_bits(x.to_bits() | 0x0040_0000);
+    }
+    let r = x * c;
+    if r.is_nan() {
+        f32::from_bits(0x7FC0_0000)
+    } else {
+        r
+    }
 }
 
-/// `round_to_dtype(f32(x) * c)` for an f16 element, through `half`'s conversions.
+/// `round_to_dtype(f32(x) * c)` for an f16 element, through `half`'s conversions; NaN as in
+/// [`scale_f32`] (quiet bit `0x0200`, canonical NaN `0x7E00`).
 pub fn scale_f16(x: f16, c: f32) -> f16 {
-    f16::from_f32(x.to_f32() * c)
+    if x.is_nan() {
+        return f16::from_bits(x.to_bits() | 0x0200);
+    }
+    let r = x.to_f32() * c;
+    if r.is_nan() {
+        f16::from_bits(0x7E00)
+    } else {
+        f16::from_f32(r)
+    }
 }
 
-/// `round_to_dtype(f32(x) * c)` for a bf16 element, through `half`'s conversions.
+/// `round_to_dtype(f32(x) * c)` for a bf16 element, through `half`'s conversions; NaN as in
+/// [`scale_f32`] (quiet bit `0x0040`, canonical NaN `0x7FC0`).
 pub fn scale_bf16(x: bf16, c: f32) -> bf16 {
-    bf16::from_f32(x.to_f32() * c)
+    if x.is_nan() {
+        return bf16::from_bits(x.to_bits() | 0x0040);
+    }
+    let r = x.to_f32() * c;
+    if r.is_nan() {
+        bf16::from_bits(0x7FC0)
+    } else {
+        bf16::from_f32(r)
+    }
 }

@@ -5,6 +5,7 @@
 //! is reported. Bandwidths count the buffer's bytes once (a read-modify-write moves them twice,
 //! and so does its roofline).
 
+use crate::outln;
 use std::cell::RefCell;
 use std::hint::black_box;
 use std::process::ExitCode;
@@ -19,7 +20,10 @@ use gradclip::{
 /// Arguments of `gradclip bench`.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  gradclip bench\n  gradclip bench --size 1073741824 --threads 2 --json"
+    after_help = "Examples:\n  gradclip bench\n  gradclip bench --size 1073741824 --threads 2 --json\n\n\
+--size is at most 64 GiB and must fit four times in the memory available; --samples is at \
+most 1000, --threads at most 1024 (exit 2 otherwise). Output to a pipe that closes early \
+(`gradclip bench | head -1`) ends the run quietly with exit status 0."
 )]
 pub struct BenchArgs {
     /// One JSON object per line instead of a table.
@@ -87,6 +91,88 @@ impl Row {
             extra: None,
         }
     }
+}
+
+/// The largest `--size`: the bench holds [`BUFFERS`] buffers of it at once.
+const MAX_SIZE: usize = 64 << 30;
+/// Buffers of `--size` bytes alive at once (the data, its bytes, the roofline's, the naive copy).
+const BUFFERS: usize = 4;
+/// The largest `--samples`.
+const MAX_SAMPLES: usize = 1000;
+/// The largest `--threads`.
+const MAX_THREADS: usize = 1024;
+
+/// `n` copies of `v`, or the end of the run (one line, exit 2) when the memory is not there.
+fn filled<T: Clone>(n: usize, v: T) -> Vec<T> {
+    let mut out = Vec::new();
+    if out.try_reserve_exact(n).is_err() {
+        no_memory(n.saturating_mul(std::mem::size_of::<T>()));
+    }
+    out.resize(n, v);
+    out
+}
+
+/// A copy of `s`, as [`filled`].
+fn copied<T: Clone>(s: &[T]) -> Vec<T> {
+    let mut out = Vec::new();
+    if out.try_reserve_exact(s.len()).is_err() {
+        no_memory(std::mem::size_of_val(s));
+    }
+    out.extend_from_slice(s);
+    out
+}
+
+fn no_memory(bytes: usize) -> ! {
+    eprintln!(
+        "gradclip bench: cannot allocate {} for a buffer",
+        human_bytes(bytes)
+    );
+    std::process::exit(2);
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes (Linux; `None` elsewhere).
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Checks the arguments before anything is allocated: every size bounded, and the buffers of
+/// `--size` must fit in the memory available now.
+fn check_args(args: &BenchArgs) -> Result<Vec<usize>, String> {
+    if !(4096..=MAX_SIZE).contains(&args.size) {
+        return Err(format!(
+            "--size must be between 4096 bytes and {}, got {}",
+            human_bytes(MAX_SIZE),
+            args.size
+        ));
+    }
+    if !(1..=MAX_SAMPLES).contains(&args.samples) {
+        return Err(format!(
+            "--samples must be between 1 and {MAX_SAMPLES}, got {}",
+            args.samples
+        ));
+    }
+    let threads = match args.threads {
+        Some(t) if !(1..=MAX_THREADS).contains(&t) => {
+            return Err(format!(
+                "--threads must be between 1 and {MAX_THREADS}, got {t}"
+            ))
+        }
+        Some(t) => vec![t],
+        None => vec![1, 2],
+    };
+    let needed = (args.size as u64).saturating_mul(BUFFERS as u64);
+    if let Some(free) = available_memory().filter(|&free| needed > free) {
+        return Err(format!(
+            "--size {} needs about {} of memory ({BUFFERS} buffers of that size); {} is available",
+            human_bytes(args.size),
+            human_bytes(usize::try_from(needed).unwrap_or(usize::MAX)),
+            human_bytes(usize::try_from(free).unwrap_or(usize::MAX))
+        ));
+    }
+    Ok(threads)
 }
 
 /// Runs `f` enough times per sample to last ≥ 20 ms, returns seconds per call.
@@ -190,13 +276,13 @@ fn bench_dtype<T: Wrap>(
         return;
     }
     let n = bytes / std::mem::size_of::<T>();
-    let mut init = vec![T::ZERO; n];
+    let mut init = filled(n, T::ZERO);
     fill(&mut init, 0x5EED);
-    let raw: Vec<u8> = bytemuck::cast_slice(&init).to_vec();
+    let raw = copied(bytemuck::cast_slice::<T, u8>(&init));
     let buf = RefCell::new(init);
     let wrap = T::wrap;
     let wrap_mut = T::wrap_mut;
-    let mut rmw_buf: Vec<f32> = vec![0.5; bytes / 4];
+    let mut rmw_buf: Vec<f32> = filled(bytes / 4, 0.5);
     let dtype = T::DTYPE;
     let bytes = n * std::mem::size_of::<T>();
 
@@ -283,7 +369,7 @@ fn bench_dtype<T: Wrap>(
     // Clip to 0.999 of the current norm, so every call clips; every 600 calls scale back up
     // (a 0.1% overhead) so the values never drift towards subnormals.
     let norm0 = get_total_norm(&[wrap(&buf.borrow())], NormType::L2).unwrap_or(1.0);
-    let mut naive_buf = buf.borrow().clone();
+    let mut naive_buf = copied(&buf.borrow());
     let mut level = norm0;
     let mut calls = 0u32;
     let mut flip = false;
@@ -419,13 +505,15 @@ fn print_row(r: &Row, json: bool) {
             naive_gbps: r.naive_gbps,
         };
         // Same spacing as `norm --json` and `clip --json`.
-        let _ = super::safetensors_io::print_json(&row);
+        if let Err(e) = super::safetensors_io::print_json(&row) {
+            crate::out::failed(&e);
+        }
     } else {
         let extra = match r.extra {
             Some((_, v)) => format!("  one buffer {v:6.1} GB/s ({:.2}×)", r.gbps / v),
             None => String::new(),
         };
-        println!(
+        outln!(
             "{:<11} {:<5} {:>10} {:>3} {:>8.1} {:>9.1} {:>7.2} {:>9.1}×{extra}",
             r.op,
             r.dtype.name(),
@@ -440,7 +528,9 @@ fn print_row(r: &Row, json: bool) {
 }
 
 fn human_bytes(b: usize) -> String {
-    if b >= 1 << 30 {
+    if b >= 1 << 40 {
+        format!("{:.0} TiB", b as f64 / (1u64 << 40) as f64)
+    } else if b >= 1 << 30 {
         format!("{:.0} GiB", b as f64 / (1u64 << 30) as f64)
     } else if b >= 1 << 20 {
         format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64)
@@ -451,27 +541,29 @@ fn human_bytes(b: usize) -> String {
 
 /// Runs `gradclip bench`.
 pub fn run(args: BenchArgs) -> ExitCode {
-    if args.size < 4096 || args.samples == 0 {
-        eprintln!("gradclip bench: --size must be at least 4096 bytes and --samples at least 1");
-        return ExitCode::from(2);
-    }
-    let threads: Vec<usize> = match args.threads {
-        Some(0) => {
-            eprintln!("gradclip bench: --threads must be at least 1");
+    let threads = match check_args(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gradclip bench: {e}");
             return ExitCode::from(2);
         }
-        Some(t) => vec![t],
-        None => vec![1, 2],
     };
     if !args.json {
-        println!(
+        outln!(
             "gradclip bench — ISA {}, {} CPUs; GB/s count the buffer's bytes once",
             gradclip::Isa::selected().name(),
             std::thread::available_parallelism().map_or(1, |n| n.get())
         );
-        println!(
+        outln!(
             "{:<11} {:<5} {:>10} {:>3} {:>8} {:>9} {:>7} {:>10}",
-            "op", "dtype", "size", "thr", "GB/s", "roof GB/s", "ratio", "vs naive"
+            "op",
+            "dtype",
+            "size",
+            "thr",
+            "GB/s",
+            "roof GB/s",
+            "ratio",
+            "vs naive"
         );
     }
     let filter = Filter {

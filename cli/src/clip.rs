@@ -5,10 +5,10 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use gradclip::st::{self, StError};
+use gradclip::st::{self, Compact, StError};
 use serde::Serialize;
 
-use super::safetensors_io::{self as sio, EXIT_NONFINITE};
+use super::safetensors_io::{self as sio, ClipCase, EXIT_NONFINITE};
 
 /// Arguments of `gradclip clip`.
 #[derive(clap::Args, Debug)]
@@ -17,17 +17,25 @@ Example:
   gradclip clip grads.safetensors --max-norm 1.0 -o clipped.safetensors --json
 
 Every element becomes round_to_dtype(f32(x) * f32(clip_coef)) with
-clip_coef = min(1, max_norm / (total_norm + 1e-6)); when clip_coef is 1, OUT is
-a byte-for-byte copy. OUT is written to a temporary file in its folder and renamed
-into place, so:
+clip_coef = min(1, max_norm / (total_norm + 1e-6)); when f32(clip_coef) is 1
+(clip_coef is 1, or within 2^-25 of it), OUT is a byte-for-byte copy.
+A regular OUT is written to a temporary file in its folder and renamed into place:
   -o FILE      replaces FILE atomically with the clipped data; FILE is left as it
-               was whenever nothing is written (exit 2 or 3);
-  -o LINK      when OUT is a symbolic link, the link itself is replaced by a regular
-               file; the file it pointed to is not touched.
-Memory: the input is memory-mapped; at most 64 MiB of it is copied at a time.
+               was whenever nothing is written (exit 2 or 3, or SIGINT/SIGTERM,
+               which remove the temporary file);
+  -o LINK      when OUT is a symbolic link (to a regular file, or dangling), the
+               link itself is replaced by a regular file; its target is not touched.
+An existing FIFO or character device (/dev/null, /dev/stdout), or a link to one, is
+never replaced: the clipped file is written into it (if the run fails part-way, its
+reader has seen part of it). A block device, a socket, and a link into /proc that
+leads to a regular file (/dev/stdout redirected to a file) are refused (exit 2).
+The input is read twice (measure, then write); if it changes in between (another
+process rewrites or truncates it) the run is refused (exit 2, OUT not written).
+Memory: at most 1 MiB of the input per thread is held at a time.
 
 Exit status: 0 written, 3 a NaN/inf was found (OUT not written), 2 bad input,
-including a P norm too large for f64 (a small p over many elements; OUT not written).")]
+including a P norm too large for f64 (a small p over many elements; OUT not written)
+and an input that changed while it was read; killed by SIGINT/SIGTERM: 130/143.")]
 pub struct ClipArgs {
     /// The safetensors file (F32, F16 and BF16 tensors).
     #[arg(value_name = "FILE")]
@@ -36,7 +44,7 @@ pub struct ClipArgs {
     #[arg(long, value_name = "X", allow_hyphen_values = true)]
     pub max_norm: Option<String>,
     /// Where to write the clipped file (required; may be FILE itself; a symlink is replaced,
-    /// not followed).
+    /// not followed; a FIFO or character device is written into).
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<std::ffi::OsString>,
     /// Norm type: 2, 1, inf, or any finite p > 0.
@@ -86,11 +94,10 @@ pub fn run(args: ClipArgs) -> ExitCode {
         Ok(x) => x,
         Err(e) => return fail(&e),
     };
-    let bytes = input.bytes();
 
-    sio::status(bytes.len(), "clipping...");
-    let result = st::clip(bytes, &layout, max_norm, norm_type);
-    sio::clear_status(bytes.len());
+    input.start_progress("measuring");
+    let result = st::clip(&input, &layout, max_norm, norm_type);
+    input.end_progress();
     let clipped = match result {
         Ok(c) => c,
         Err(StError::NonFinite(nf)) => {
@@ -114,14 +121,18 @@ pub fn run(args: ClipArgs) -> ExitCode {
             );
             return ExitCode::from(EXIT_NONFINITE);
         }
-        Err(e) => return fail(&e),
+        Err(e) => return fail(&sio::st_message(&input, &e)),
     };
 
-    sio::status(bytes.len(), "writing...");
-    let written = sio::write_atomically(&out_path, &args.file, |w| {
-        clipped.write_to(bytes, &layout, w)
+    input.start_progress("writing");
+    let written = sio::write_output(&out_path, &args.file, |w| {
+        clipped
+            .write_to(&input, &layout, w)
+            .map_err(|e| sio::st_message(&input, &e))?;
+        // Bytes already copied are not read again: a change to them shows in the metadata.
+        input.unchanged()
     });
-    sio::clear_status(bytes.len());
+    input.end_progress();
     if let Err(e) = written {
         return fail(&e);
     }
@@ -138,16 +149,30 @@ pub fn run(args: ClipArgs) -> ExitCode {
     } else {
         let name = sio::norm_name(norm_type);
         let out = st::one_line(&out_path.display().to_string());
-        let msg = if clipped.clipped {
-            format!(
-                "total {name} norm {} > max-norm {max_norm}: scaled every element by {}; wrote {out}",
-                clipped.total_norm, clipped.clip_coef
-            )
+        let (t, m, c) = (
+            Compact(clipped.total_norm),
+            Compact(max_norm),
+            Compact(clipped.clip_coef),
+        );
+        let eps = Compact(sio::EPS);
+        let within = if clipped.total_norm <= max_norm {
+            format!("is within max-norm {m}")
         } else {
-            format!(
-                "total {name} norm {} is within max-norm {max_norm}: nothing to scale; wrote an identical copy to {out}",
-                clipped.total_norm
-            )
+            format!("> max-norm {m}")
+        };
+        let msg = match ClipCase::of(clipped.total_norm, max_norm, clipped.clip_coef) {
+            ClipCase::Within => format!(
+                "total {name} norm {t} {within}: nothing to scale; wrote an identical copy to {out}"
+            ),
+            ClipCase::RoundsToOne => format!(
+                "total {name} norm {t} {within}; the coefficient max_norm / (total_norm + {eps}) = {c} is 1 once rounded to f32, so nothing changed; wrote an identical copy to {out}"
+            ),
+            ClipCase::Scales { by_eps: true } => format!(
+                "total {name} norm {t} {within}, but eps = {eps} in max_norm / (total_norm + eps) makes the coefficient {c}: scaled every element by {c}; wrote {out}"
+            ),
+            ClipCase::Scales { by_eps: false } => format!(
+                "total {name} norm {t} {within}: scaled every element by {c}; wrote {out}"
+            ),
         };
         writeln!(io::stdout(), "{msg}")
     };

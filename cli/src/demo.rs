@@ -17,6 +17,7 @@
 mod plot;
 mod text;
 
+use crate::outln;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,7 @@ use crate::rnn::{
 use gradclip::advisor::{advise, RunFacts};
 use gradclip::monitor::{MonitorConfig, Symptom};
 use gradclip::rng::Rng;
+use gradclip::st::Compact;
 use gradclip::stabilize::{spectral_radius_exact, spectral_radius_power, SpectralNorm};
 use gradclip::ToolkitError;
 
@@ -41,7 +43,12 @@ use text::{log_sparkline, num};
 #[command(
     after_help = "Examples:\n  gradclip demo\n  gradclip demo --steps 400 --seed 3 --out /tmp/demo\n\n\
 Writes flow.svg, norms.svg, loss.svg, runs.csv and norms.csv to --out; the same seed gives the \
-same numbers."
+same numbers.\n\n\
+Bounds: --steps ≤ 1000000, --hidden ≤ 2048, --seq-len 4..=10000, --batch ≤ 4096, \
+--max-eigen-h 16..=4096, --batch × --seq-len × --hidden ≤ 134217728.\n\
+Exit status: 0 done, 2 bad arguments (nothing runs), 1 a failure while running (e.g. --out not \
+writable). Output to a pipe that closes early (`gradclip demo | head`) ends the run quietly \
+with exit status 0."
 )]
 pub struct DemoArgs {
     /// SGD steps of each training run.
@@ -99,8 +106,70 @@ fn layout(args: &DemoArgs) -> MarkerLayout {
     }
 }
 
-/// Runs `gradclip demo`.
+/// Largest `--steps`.
+const MAX_STEPS: usize = 1_000_000;
+/// Largest `--hidden`.
+const MAX_HIDDEN: usize = 2048;
+/// Largest `--seq-len`.
+const MAX_SEQ_LEN: usize = 10_000;
+/// Largest `--batch`.
+const MAX_BATCH: usize = 4096;
+/// Largest `--max-eigen-h`: the study allocates H² f64 (128 MiB at 4096) and iterates on them.
+const MAX_EIGEN_H: usize = 4096;
+/// Largest `--batch` × `--seq-len` × `--hidden`: the unrolled states of a step, in f64 values
+/// (1 GiB at this bound).
+const MAX_STATES: usize = 1 << 27;
+
+/// Checks every argument before anything runs: sizes bounded, rates finite, runs among a–f.
+fn check_args(args: &DemoArgs) -> Result<(), String> {
+    let within = |name: &str, v: usize, lo: usize, hi: usize| {
+        if (lo..=hi).contains(&v) {
+            Ok(())
+        } else {
+            Err(format!("{name} must be between {lo} and {hi}, got {v}"))
+        }
+    };
+    within("--steps", args.steps, 1, MAX_STEPS)?;
+    within("--hidden", args.hidden, 1, MAX_HIDDEN)?;
+    within("--seq-len", args.seq_len, 4, MAX_SEQ_LEN)?;
+    within("--batch", args.batch, 1, MAX_BATCH)?;
+    within("--max-eigen-h", args.max_eigen_h, 16, MAX_EIGEN_H)?;
+    let states = args.batch * args.seq_len * args.hidden;
+    if states > MAX_STATES {
+        return Err(format!(
+            "--batch × --seq-len × --hidden must be at most {MAX_STATES} (the unrolled states of one step), got {states}"
+        ));
+    }
+    for (name, v) in [("--lr", args.lr), ("--low-lr", args.low_lr)] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(format!(
+                "{name} must be a finite number > 0, got {}",
+                Compact(v)
+            ));
+        }
+    }
+    if !(args.momentum.is_finite() && (0.0..1.0).contains(&args.momentum)) {
+        return Err(format!(
+            "--momentum must be in [0, 1), got {}",
+            Compact(args.momentum)
+        ));
+    }
+    if args.runs.is_empty() || !args.runs.chars().all(|c| ('a'..='f').contains(&c)) {
+        return Err(format!(
+            "--runs must be letters among a–f (e.g. `abcdef`, `bc`), got `{}`",
+            gradclip::st::one_line(&args.runs)
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `gradclip demo`: exit status 2 for bad arguments (nothing runs), 1 for a failure while
+/// running (such as an unwritable `--out`).
 pub fn run(args: DemoArgs) -> ExitCode {
+    if let Err(e) = check_args(&args) {
+        eprintln!("gradclip demo: {e}");
+        return ExitCode::from(2);
+    }
     match demo(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -119,22 +188,17 @@ struct RunSpec {
 }
 
 fn demo(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
-    if args.steps == 0 || args.hidden == 0 || args.batch == 0 {
-        return Err("--steps, --hidden and --batch must be at least 1".into());
-    }
-    if args.seq_len < 4 {
-        return Err("--seq-len must be at least 4".into());
-    }
     let t0 = Instant::now();
     std::fs::create_dir_all(&args.out)?;
     let (h, t_len) = (args.hidden, args.seq_len);
-    println!(
+    outln!(
         "gradclip demo — vanilla tanh RNN (H = {h}) on the adding problem, T = {t_len}, seed {}",
         args.seed
     );
-    println!(
+    outln!(
         "SGD, batch {}, {} steps per run; the same weights and batches for every run.\n",
-        args.batch, args.steps
+        args.batch,
+        args.steps
     );
 
     // 1. Gradient flow.
@@ -162,29 +226,29 @@ fn demo(args: &DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
             spikes_seen,
             current_max_norm: None,
         };
-        println!(
+        outln!(
             "4. Advisor: the guidelines table applied to run (a) (vanilla RNN, 1 layer, T = {t_len}, \
              NaN seen: {nan_seen}, loss spikes seen: {spikes_seen})"
         );
         for r in advise(&facts) {
-            println!("   - {} ({})", r.action, r.situation);
+            outln!("   - {} ({})", r.action, r.situation);
         }
-        println!();
+        outln!();
     }
 
     // Figures and CSV.
     write_outputs(args, &flows, &outcomes)?;
-    println!(
+    outln!(
         "Figures and tables written to {} (flow.svg, norms.svg, loss.svg, runs.csv, norms.csv).",
         args.out.display()
     );
-    println!("Total time {:.1} s.", t0.elapsed().as_secs_f64());
+    outln!("Total time {:.1} s.", t0.elapsed().as_secs_f64());
     Ok(())
 }
 
 fn gradient_flow_section(args: &DemoArgs) -> Result<Vec<(f64, Vec<f64>)>, ToolkitError> {
     let (h, t_len) = (args.hidden, args.seq_len);
-    println!("1. Gradient flow: ‖∂L/∂h_t‖ / ‖∂L/∂h_T‖ at initialisation, W_hh = γ·Q (Q orthogonal, all singular values γ)");
+    outln!("1. Gradient flow: ‖∂L/∂h_t‖ / ‖∂L/∂h_T‖ at initialisation, W_hh = γ·Q (Q orthogonal, all singular values γ)");
     let data = AddingBatch::sample(64, t_len, layout(args), &mut Rng::derive(args.seed, 10))?;
     let mut flows = Vec::new();
     for gamma in [0.9, 1.0, GAMMA_EXPLODING] {
@@ -200,7 +264,7 @@ fn gradient_flow_section(args: &DemoArgs) -> Result<Vec<(f64, Vec<f64>)>, Toolki
     for (g, _) in &flows {
         let _ = write!(header, "│ γ={g:<4} measured   bound γ^(T−t) ");
     }
-    println!("{header}");
+    outln!("{header}");
     let marks: Vec<usize> = (0..=t_len).step_by((t_len / 5).max(1)).collect();
     for &back in &marks {
         let t = t_len - back;
@@ -214,14 +278,14 @@ fn gradient_flow_section(args: &DemoArgs) -> Result<Vec<(f64, Vec<f64>)>, Toolki
                 num(g.powi(back as i32))
             );
         }
-        println!("{line}");
+        outln!("{line}");
     }
     let (flo, fhi) = log_range(
         flows
             .iter()
             .flat_map(|(_, f)| f.iter().map(|v| v / f[t_len])),
     );
-    println!(
+    outln!(
         "   Sparklines from T−t = 0 (left) to {t_len} (right), log scale {} … {}:",
         num(flo),
         num(fhi)
@@ -230,7 +294,7 @@ fn gradient_flow_section(args: &DemoArgs) -> Result<Vec<(f64, Vec<f64>)>, Toolki
         let ratio = f[0] / f[t_len];
         let rate = ratio.powf(1.0 / t_len as f64);
         let spark: Vec<f64> = f.iter().rev().map(|v| v / f[t_len]).collect();
-        println!(
+        outln!(
             "   γ={g:<4} {}  per-step factor {:.3} (bound {g}); over {t_len} steps ×{} vs bound ×{}",
             log_sparkline(&spark, spark.len(), 40, flo, fhi),
             rate,
@@ -242,7 +306,7 @@ fn gradient_flow_section(args: &DemoArgs) -> Result<Vec<(f64, Vec<f64>)>, Toolki
     let growth15 = f15[0] / f15[t_len];
     let (_, f09) = &flows[0];
     let growth09 = f09[0] / f09[t_len];
-    println!(
+    outln!(
         "   Measured: γ = 0.9 {} (×{}), γ = 1.5 {} (×{}).",
         if growth09 < 1.0 {
             "vanishes"
@@ -259,7 +323,7 @@ fn gradient_flow_section(args: &DemoArgs) -> Result<Vec<(f64, Vec<f64>)>, Toolki
     );
     let (_, f10) = &flows[1];
     let growth10 = f10[0] / f10[t_len];
-    println!(
+    outln!(
         "   γ = 1 (orthogonal), which the reference calls stable: measured ×{} over {t_len} steps ({}).",
         num(growth10),
         if (0.5..=2.0).contains(&growth10) {
@@ -270,7 +334,7 @@ fn gradient_flow_section(args: &DemoArgs) -> Result<Vec<(f64, Vec<f64>)>, Toolki
             "it grows"
         }
     );
-    println!(
+    outln!(
         "   The bound γ^(T−t) = {} for γ = 1.5 is an upper bound: tanh' = 1 − h² < 1 damps every step, so the \
          measured growth is {} the bound.\n",
         num(GAMMA_EXPLODING.powi(t_len as i32)),
@@ -343,12 +407,12 @@ fn training_section(
             lr: args.low_lr,
         },
     ];
-    println!(
+    outln!(
         "2. Training runs (learning rate {} unless noted; evaluation on 512 held-out sequences; \
          predicting the mean scores MSE ≈ 0.167, accuracy = |y − target| < 0.04; ‖∂L/∂x‖ markers = \
          mean over the steps of the gradient reaching the inputs at the two marker steps; σ(W_hh) end = \
          spectral norm of the recurrent matrix in use after training)",
-        args.lr
+        Compact(args.lr)
     );
     let mut out = Vec::new();
     for spec in specs {
@@ -372,7 +436,7 @@ fn training_section(
         let o = train(&cfg)?;
         out.push((spec, o));
     }
-    println!(
+    outln!(
         "   run                                  lr     initial MSE  final MSE  accuracy  NaN at  peak ‖g‖   alerts (first)  \
          ‖∂L/∂x‖ markers  σ(W_hh) end  time"
     );
@@ -386,7 +450,7 @@ fn training_section(
             Some(f) => format!("{} ({f})", o.alerts),
             None => "0".into(),
         };
-        println!(
+        outln!(
             "   ({}) {:<32} {:<6} {:>11}  {:>9}  {:>8}  {:>6}  {:>9}  {:>14}  {:>15}  {:>11}  {:.2}s",
             s.key,
             s.name,
@@ -406,14 +470,14 @@ fn training_section(
         // Scale on the runs that stayed finite; a blown-up run saturates at █.
         let finite_runs = out.iter().filter(|(_, o)| o.nan_step.is_none());
         let (lo, hi) = log_range(finite_runs.flat_map(|(_, o)| o.records.iter().map(f)));
-        println!(
+        outln!(
             "   {title} per step (log scale {} … {}, █ = at or above; × = NaN/inf; blank = stopped):",
             num(lo),
             num(hi)
         );
         for (s, o) in &out {
             let v: Vec<f64> = o.records.iter().map(f).collect();
-            println!(
+            outln!(
                 "   ({}) {}",
                 s.key,
                 log_sparkline(&v, args.steps, 60, lo, hi)
@@ -422,7 +486,7 @@ fn training_section(
     };
     sparks("Gradient norm", &|r| r.grad_norm);
     sparks("Training loss", &|r| r.loss);
-    println!();
+    outln!();
     print_alerts(&out);
     print_claims(&out);
     Ok(out)
@@ -475,14 +539,14 @@ fn first_distinctive(o: &TrainOutcome, distinctive: &[Symptom]) -> Option<(usize
 }
 
 fn print_alerts(out: &[(RunSpec, TrainOutcome)]) {
-    println!("   Monitor alerts per run (steps on which each symptom fired; default thresholds):");
+    outln!("   Monitor alerts per run (steps on which each symptom fired; default thresholds):");
     for (s, o) in out {
         let kind = if o.nan_step.is_some() {
             "diverged"
         } else {
             "stayed finite"
         };
-        println!(
+        outln!(
             "   ({}) {} alert steps of {} ({kind}): {}",
             s.key,
             o.alerts,
@@ -496,7 +560,7 @@ fn print_alerts(out: &[(RunSpec, TrainOutcome)]) {
         .map(|(s, o)| format!("({}) {}", s.key, o.alerts))
         .collect();
     if !finite_alerting.is_empty() {
-        println!(
+        outln!(
             "   False alarms: runs that stayed finite still raised alerts — {}.",
             finite_alerting.join(", ")
         );
@@ -514,13 +578,13 @@ fn print_alerts(out: &[(RunSpec, TrainOutcome)]) {
         .iter()
         .any(|(s, o)| o.nan_step.is_none() && step0.contains(&s.key))
     {
-        println!(
+        outln!(
             "   The explosion rule fired at step 0 in ({}): the initial ‖g‖ is above the threshold 100 whether \
              or not the run is clipped, so on its own it cannot tell a diverging run from a healthy one.",
             step0.join("), (")
         );
     }
-    println!();
+    outln!();
 }
 
 /// The smallest and largest finite positive values (a log-scale range), defaulting to 1e-3 … 1.
@@ -567,10 +631,10 @@ fn first_symptoms(o: &TrainOutcome) -> String {
 fn print_claims(out: &[(RunSpec, TrainOutcome)]) {
     const BASELINE: f64 = 1.0 / 6.0;
     let get = |k: &str| out.iter().find(|(s, _)| s.key == k).map(|(_, o)| o);
-    println!("   Checks of the reference text's claims, as measured:");
+    outln!("   Checks of the reference text's claims, as measured:");
     if let Some(a) = get("a") {
         let diverged = a.nan_step.is_some() || a.eval.is_none_or(|e| e.loss > a.initial_eval.loss);
-        println!(
+        outln!(
             "   - (a) σ=1.5 without clipping {}{}.",
             match a.nan_step {
                 Some(s) => format!("hit NaN/inf at step {s}"),
@@ -608,7 +672,7 @@ fn print_claims(out: &[(RunSpec, TrainOutcome)]) {
                 hit.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
             ),
         };
-        println!(
+        outln!(
             "   - Alerts that tell (a) apart (symptoms that fired in none of the finite runs: {}): {verdict}.",
             if names.is_empty() {
                 "none".into()
@@ -649,11 +713,11 @@ fn print_claims(out: &[(RunSpec, TrainOutcome)]) {
                 num(e.loss)
             ),
         };
-        println!("   - ({key}) {}: {status}.", spec.name);
+        outln!("   - ({key}) {}: {status}.", spec.name);
     }
     if let (Some(b), Some(e)) = (get("b"), get("e")) {
         let (mb, me) = (mean_marker_grad(b), mean_marker_grad(e));
-        println!(
+        outln!(
             "   - Truncated BPTT (k = {TBPTT_K}): the mean gradient reaching the marker inputs is {} in (e) vs {} \
              with full BPTT (b){}.",
             num(me),
@@ -669,7 +733,7 @@ fn print_claims(out: &[(RunSpec, TrainOutcome)]) {
     }
     if let (Some(c), Some(d)) = (get("c"), get("d")) {
         let sigma_end = |o: &TrainOutcome| o.records.last().map_or(f64::NAN, |r| r.sigma_hh);
-        println!(
+        outln!(
             "   - Spectral normalization keeps σ(W_hh) at {} in (d); orthogonal init with clipping (c) is free to move \
              (σ = {} at the end). Mean gradient reaching the markers: {} in (d) vs {} in (c){}.",
             num(sigma_end(d)),
@@ -693,7 +757,7 @@ fn print_claims(out: &[(RunSpec, TrainOutcome)]) {
         });
     if let Some((k, l)) = best {
         if l > 0.5 * BASELINE {
-            println!(
+            outln!(
                 "   - Learning the long dependency: NOT achieved in this budget by any run (best held-out MSE \
                  {} in ({k}) vs {:.3} for always predicting 1). A vanilla tanh RNN trained by SGD needs far more \
                  updates for the adding problem at T = 50; the runs show stability, not mastery of the task, so \
@@ -702,23 +766,23 @@ fn print_claims(out: &[(RunSpec, TrainOutcome)]) {
                 BASELINE,
             );
         } else {
-            println!(
+            outln!(
                 "   - Learning the long dependency: run ({k}) reached held-out MSE {} (predicting 1: {:.3}).",
                 num(l),
                 BASELINE
             );
         }
     }
-    println!();
+    outln!();
 }
 
 fn eigen_section(args: &DemoArgs) -> Result<(), ToolkitError> {
-    println!("3. Largest |eigenvalue| of an H×H matrix with N(0,1) entries vs √H (reference: grows like √H)");
-    println!("      H      √H   ρ exact   ρ power   ρ/√H   σ₁ (spectral norm)  σ₁/√H   time");
+    outln!("3. Largest |eigenvalue| of an H×H matrix with N(0,1) entries vs √H (reference: grows like √H)");
+    outln!("      H      √H   ρ exact   ρ power   ρ/√H   σ₁ (spectral norm)  σ₁/√H   time");
     let mut rng = Rng::derive(args.seed, 20);
     let mut h = 16usize;
     let mut ratios = Vec::new();
-    while h <= args.max_eigen_h.max(16) {
+    while h <= args.max_eigen_h {
         let t = Instant::now();
         let mut a = vec![0.0f64; h * h];
         rng.fill_normal_f64(&mut a, 1.0);
@@ -733,7 +797,7 @@ fn eigen_section(args: &DemoArgs) -> Result<(), ToolkitError> {
         let rho = exact.unwrap_or(power);
         let sq = (h as f64).sqrt();
         ratios.push(rho / sq);
-        println!(
+        outln!(
             "   {h:>5} {sq:>7.2} {:>9} {:>9.2} {:>7.3} {:>12.2}  {:>13.3}  {:.2}s",
             exact.map_or("—".into(), |e| format!("{e:.2}")),
             power,
@@ -748,7 +812,7 @@ fn eigen_section(args: &DemoArgs) -> Result<(), ToolkitError> {
         .iter()
         .fold((f64::MAX, f64::MIN), |(l, u), r| (l.min(*r), u.max(*r)));
     let holds = ratios.iter().all(|r| RHO_BAND.contains(r));
-    println!(
+    outln!(
         "   Measured ρ/√H between {lo:.3} and {hi:.3}; tolerance band {:.2}–{:.2}: {} The spectral norm, which \
          bounds the gradient growth, is about 2√H. ρ exact: eigenvalues from the real Schur form (H ≤ 256); \
          ρ power: power-method estimate (log-growth average).",
@@ -760,7 +824,7 @@ fn eigen_section(args: &DemoArgs) -> Result<(), ToolkitError> {
             "some H fell outside, so the claim that ρ grows like √H did NOT hold in this run."
         }
     );
-    println!(
+    outln!(
         "   So an N(0,1) W_hh with H = {} has ρ ≈ {:.0}: entries must be scaled by ≈ 1/√H (as Xavier and orthogonal \
          initialisation do) to keep γ near 1.\n",
         args.hidden,

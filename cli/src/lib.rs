@@ -6,5 +6,6 @@ pub mod bench;
 pub mod clip;
 pub mod demo;
 pub mod norm;
+pub mod out;
 pub mod rnn;
 pub mod safetensors_io;

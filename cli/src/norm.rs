@@ -5,10 +5,10 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use gradclip::st::{self, Layout, NormSummary};
+use gradclip::st::{self, Compact, Layout, NormSummary};
 use serde::Serialize;
 
-use super::safetensors_io::{self as sio, Style, EXIT_NONFINITE};
+use super::safetensors_io::{self as sio, ClipCase, Style, EXIT_NONFINITE};
 
 /// Arguments of `gradclip norm`.
 #[derive(clap::Args, Debug)]
@@ -75,14 +75,16 @@ pub fn run(args: NormArgs) -> ExitCode {
         Ok(x) => x,
         Err(e) => return fail(&e),
     };
-    let bytes = input.bytes();
-    sio::status(bytes.len(), "computing norms...");
-    let summary = st::norms(bytes, &layout, norm_type);
-    sio::clear_status(bytes.len());
+    input.start_progress("reading");
+    let summary = st::norms(&input, &layout, norm_type);
+    input.end_progress();
     let summary = match summary {
         Ok(s) => s,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(&sio::st_message(&input, &e)),
     };
+    if let Err(e) = input.unchanged() {
+        return fail(&e);
+    }
 
     let printed = if args.json {
         print_json(&layout, &summary)
@@ -333,23 +335,37 @@ fn print_table(
             writeln!(
                 out,
                 "total {name} norm: {}",
-                style.bold(&format!("{}", s.total_norm))
+                style.bold(&Compact(s.total_norm).to_string())
             )?;
         }
     }
     if let Some(m) = max_norm {
+        let shown = Compact(m);
         if s.nonfinite.is_some() {
             writeln!(
                 out,
-                "clip to --max-norm {m}: refused, the gradients are not finite"
+                "clip to --max-norm {shown}: refused, the gradients are not finite"
             )?;
         } else if let Ok(c) = st::clip_coefficient(m, s.total_norm) {
-            let verdict = if c < 1.0 {
-                style.warn(&format!("would scale every element by {c}"))
-            } else {
-                "no change (already within the bound)".to_string()
+            let (cc, eps) = (Compact(c), Compact(sio::EPS));
+            let verdict = match ClipCase::of(s.total_norm, m, c) {
+                ClipCase::Within => "no change (already within the bound)".to_string(),
+                ClipCase::RoundsToOne => {
+                    "no change (the coefficient is 1 once rounded to f32)".to_string()
+                }
+                ClipCase::Scales { by_eps } => {
+                    let why = if by_eps {
+                        format!(" (the norm is within the bound; eps = {eps} in max_norm / (total_norm + eps) makes the coefficient < 1)")
+                    } else {
+                        String::new()
+                    };
+                    style.warn(&format!("would scale every element by {cc}{why}"))
+                }
             };
-            writeln!(out, "clip to --max-norm {m}: coefficient {c}: {verdict}")?;
+            writeln!(
+                out,
+                "clip to --max-norm {shown}: coefficient {cc}: {verdict}"
+            )?;
         }
     }
     out.flush()

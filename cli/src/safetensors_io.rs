@@ -1,13 +1,17 @@
-//! File I/O and output helpers shared by `gradclip norm` and `gradclip clip`: the memory-mapped
-//! input, the atomic write of OUT, the progress line, colours and the JSON layout.
-//! Validation and every number come from [`gradclip::st`].
+//! File I/O and output helpers shared by `gradclip norm` and `gradclip clip`: the input read
+//! with positioned reads and checked for changes, the write of OUT (atomic through a temporary
+//! file, removed on SIGINT/SIGTERM; or streamed into a FIFO or character device), the progress
+//! line, colours and the JSON layout. Validation and every number come from [`gradclip::st`].
 
 use std::fs::File;
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::SystemTime;
 
-use gradclip::st::{self, Layout};
+use gradclip::st::{self, Compact, Layout, Source};
 use gradclip::NormType;
 use serde::Serialize;
 
@@ -17,7 +21,9 @@ pub const EXIT_BAD_INPUT: u8 = 2;
 pub const EXIT_NONFINITE: u8 = 3;
 
 /// Files larger than this get a progress line on stderr (when stderr is a terminal).
-const PROGRESS_THRESHOLD: usize = 1 << 30;
+const PROGRESS_THRESHOLD: u64 = 1 << 30;
+/// The progress line is updated every this many bytes read.
+const PROGRESS_STEP: u64 = 64 << 20;
 
 /// Prints `gradclip CMD: MSG` as one line on stderr and returns exit status 2.
 pub fn fail(cmd: &str, msg: impl std::fmt::Display) -> ExitCode {
@@ -26,36 +32,134 @@ pub fn fail(cmd: &str, msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_BAD_INPUT)
 }
 
-/// The bytes of the input file: memory-mapped, or empty for an empty file (which cannot be
-/// mapped).
-pub enum Input {
-    /// A read-only mapping of the whole file.
-    Mapped(memmap2::Mmap),
-    /// A zero-length file.
-    Empty,
-}
-
-impl Input {
-    /// The file's bytes.
-    pub fn bytes(&self) -> &[u8] {
-        match self {
-            Input::Mapped(m) => m,
-            Input::Empty => &[],
-        }
+/// Test hook: with `GRADCLIP_TEST_PAUSE=POINT` in the environment, the first time the run
+/// reaches `POINT` (`read`: the first read of tensor data; `write`: the first bytes written to
+/// OUT) it prints `gradclip: test pause at POINT` on stderr and waits for a line on stdin; every
+/// other thread that reaches the same point meanwhile waits too, so nothing is read or written
+/// during the pause. Tests use it to change the input or send a signal at a known moment;
+/// nothing else sets it.
+fn test_pause(point: &str) {
+    static WANTED: OnceLock<Option<std::ffi::OsString>> = OnceLock::new();
+    static PAUSE: Mutex<bool> = Mutex::new(false);
+    let wanted = WANTED.get_or_init(|| std::env::var_os("GRADCLIP_TEST_PAUSE"));
+    if wanted.as_deref() != Some(point.as_ref()) {
+        return;
+    }
+    let mut done = PAUSE.lock().unwrap_or_else(|e| e.into_inner());
+    if !*done {
+        *done = true;
+        let _ = writeln!(io::stderr(), "gradclip: test pause at {point}");
+        let _ = io::stdin().lock().read_line(&mut String::new());
     }
 }
 
-/// Opens and maps `path`. The error message names the file.
+/// The input file, open for positioned reads (see [`gradclip::st::Source`]), with what it looked
+/// like when it was opened, so a change during the run is noticed.
+pub struct Input {
+    file: File,
+    shown: String,
+    len: u64,
+    modified: Option<SystemTime>,
+    /// Bytes read since the progress label was set, and the label.
+    done: AtomicU64,
+    label: Mutex<&'static str>,
+}
+
+impl Source for Input {
+    fn size(&self) -> io::Result<u64> {
+        self.file.size()
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if offset > 0 {
+            // Offset 0 is the header; everything after it is tensor data.
+            test_pause("read");
+        }
+        self.file.read_exact_at(buf, offset)?;
+        let before = self.done.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if before / PROGRESS_STEP != (before + buf.len() as u64) / PROGRESS_STEP {
+            self.progress(before + buf.len() as u64);
+        }
+        Ok(())
+    }
+}
+
+impl Input {
+    /// The file's name as shown in messages (one line).
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// The file's size when it was opened.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for an empty file.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Starts a new progress line (`reading`, `writing`): shown on stderr for files of 1 GiB
+    /// and more when stderr is a terminal.
+    pub fn start_progress(&self, label: &'static str) {
+        *self.label.lock().unwrap_or_else(|e| e.into_inner()) = label;
+        self.done.store(0, Ordering::Relaxed);
+    }
+
+    fn progress(&self, done: u64) {
+        if self.len < PROGRESS_THRESHOLD || !io::stderr().is_terminal() {
+            return;
+        }
+        let label = *self.label.lock().unwrap_or_else(|e| e.into_inner());
+        let gib = |n: u64| n as f64 / (1u64 << 30) as f64;
+        let done = done.min(self.len);
+        let _ = write!(
+            io::stderr(),
+            "\r\x1b[2K{label} {}: {:5.1}% ({:.2} / {:.2} GiB)",
+            self.shown,
+            100.0 * done as f64 / self.len as f64,
+            gib(done),
+            gib(self.len)
+        );
+    }
+
+    /// Clears the progress line.
+    pub fn end_progress(&self) {
+        if self.len >= PROGRESS_THRESHOLD && io::stderr().is_terminal() {
+            let _ = write!(io::stderr(), "\r\x1b[2K");
+        }
+    }
+
+    /// Fails when the file's size or modification time differ from when it was opened: another
+    /// process wrote to it during the run, so what was read may mix old and new data.
+    pub fn unchanged(&self) -> Result<(), String> {
+        let meta = self
+            .file
+            .metadata()
+            .map_err(|e| format!("cannot read `{}`: {e}", self.shown))?;
+        if meta.len() != self.len || meta.modified().ok() != self.modified {
+            return Err(format!(
+                "`{}` changed while it was read (its size or modification time differ from when it was opened): another process is writing it; run again once it is complete",
+                self.shown
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Opens `path` for positioned reads. The error message names the file.
 ///
 /// Only regular files are read: a pipe, FIFO, socket or device (`gradclip norm <(cat f)`,
 /// `/dev/stdin`) is refused with exit 2 rather than copied into memory, since memory use must
-/// stay bounded by the scratch buffer and not grow with the input. Opening a FIFO would also
-/// block until a writer appears, so the type is checked before the file is opened.
+/// stay bounded by the scratch buffer and not grow with the input, and `clip` reads its input
+/// twice. Opening a FIFO would also block until a writer appears, so the type is checked before
+/// the file is opened.
 pub fn open(path: &Path) -> Result<Input, String> {
     let shown = st::one_line(&path.display().to_string());
     let not_regular = || {
         format!(
-            "`{shown}` is not a regular file (a pipe, FIFO or device?): gradclip memory-maps its input, save it to a file first"
+            "`{shown}` is not a regular file (a pipe, FIFO or device?): gradclip reads its input at chosen offsets, and twice for clip; save it to a file first"
         )
     };
     let kind = std::fs::metadata(path).map_err(|e| format!("cannot open `{shown}`: {e}"))?;
@@ -76,95 +180,219 @@ pub fn open(path: &Path) -> Result<Input, String> {
     if !meta.is_file() {
         return Err(not_regular());
     }
-    if meta.len() == 0 {
-        return Ok(Input::Empty);
-    }
-    // SAFETY: the mapping is read-only and private to this process. gradclip never writes to
-    // the input file (OUT is written to a new file and renamed into place, so even `-o FILE`
-    // replaces the directory entry, not the mapped bytes). Another process truncating or
-    // rewriting the file while we run is outside what any reader can defend against; it is
-    // the same contract as the `safetensors` crate's own documented use of memmap2.
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .map_err(|e| format!("cannot memory-map `{shown}`: {e}"))?;
-    Ok(Input::Mapped(map))
+    Ok(Input {
+        file,
+        shown,
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        done: AtomicU64::new(0),
+        label: Mutex::new("reading"),
+    })
 }
 
-/// Opens, maps and validates `path`, touching every page with a progress line first when the
-/// file is large and stderr is a terminal.
+/// Opens `path` and validates its header and layout (no tensor data is read).
 pub fn load(path: &Path) -> Result<(Input, Layout), String> {
     let input = open(path)?;
-    let shown = st::one_line(&path.display().to_string());
-    let layout = st::parse(input.bytes()).map_err(|e| format!("`{shown}`: {e}"))?;
-    prefault_with_progress(input.bytes(), &shown);
+    let layout = st::read_layout(&input).map_err(|e| format!("`{}`: {e}", input.shown))?;
     Ok((input, layout))
 }
 
-/// Reads every page of a large mapping so the disk time shows as a progress line; a no-op
-/// below [`PROGRESS_THRESHOLD`] or when stderr is not a terminal.
-fn prefault_with_progress(bytes: &[u8], shown: &str) {
-    if bytes.len() < PROGRESS_THRESHOLD || !io::stderr().is_terminal() {
-        return;
-    }
-    const STEP: usize = 64 << 20;
-    let total = bytes.len();
-    let gib = |n: usize| n as f64 / (1u64 << 30) as f64;
-    let mut err = io::stderr();
-    let mut sink = 0u8;
-    for (i, chunk) in bytes.chunks(STEP).enumerate() {
-        for page in chunk.chunks(4096) {
-            sink ^= page.first().copied().unwrap_or(0);
+/// The message for an error of [`gradclip::st`] about `input`: reading errors name the file.
+pub fn st_message(input: &Input, e: &st::StError) -> String {
+    match e {
+        st::StError::Read { .. } | st::StError::Changed { .. } => {
+            format!("`{}`: {e}", input.shown())
         }
-        let done = (i * STEP + chunk.len()).min(total);
-        let _ = write!(
-            err,
-            "\rreading {shown}: {:5.1}% ({:.2} / {:.2} GiB)",
-            100.0 * done as f64 / total as f64,
-            gib(done),
-            gib(total)
-        );
-    }
-    std::hint::black_box(sink);
-    let _ = write!(err, "\r\x1b[2K");
-}
-
-/// The one-line status line on stderr for a long step of a large file (terminal only).
-pub fn status(bytes_len: usize, msg: &str) {
-    if bytes_len >= PROGRESS_THRESHOLD && io::stderr().is_terminal() {
-        let _ = write!(io::stderr(), "\r\x1b[2K{msg}");
+        _ => e.to_string(),
     }
 }
 
-/// Clears the status line written by [`status`].
-pub fn clear_status(bytes_len: usize) {
-    if bytes_len >= PROGRESS_THRESHOLD && io::stderr().is_terminal() {
-        let _ = write!(io::stderr(), "\r\x1b[2K");
-    }
+/// How OUT is written, from what exists at its path.
+enum OutKind {
+    /// Missing, a regular file, or a symbolic link (dangling or to a regular file): a new regular
+    /// file is written next to it and renamed over the path.
+    Replace,
+    /// An existing FIFO or character device (`/dev/null`, `/dev/stdout` on a pipe or terminal),
+    /// or a link to one: opened and written into, never replaced.
+    Stream,
 }
 
-/// Writes OUT through a temporary file in OUT's folder, renamed into place once complete, so a
-/// half-written OUT never exists. The new file gets the permissions of `like` when it can.
-pub fn write_atomically(
+fn out_kind(out: &Path, shown: &str) -> Result<OutKind, String> {
+    // `metadata` follows links: the type that matters is the one of what would be written.
+    let meta = match std::fs::metadata(out) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(OutKind::Replace),
+        Err(e) => return Err(format!("cannot inspect output `{shown}`: {e}")),
+    };
+    if meta.is_dir() {
+        return Err(format!("output `{shown}` is a directory"));
+    }
+    if meta.is_file() {
+        if links_into_proc(out) {
+            return Err(format!(
+                "output `{shown}` is a link into /proc, to a file another process has open (as /dev/stdout is to a redirected stdout): refusing to replace the link; give the file's own path"
+            ));
+        }
+        return Ok(OutKind::Replace);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() || t.is_char_device() {
+            return Ok(OutKind::Stream);
+        }
+        let what = if t.is_block_device() {
+            "a block device (a disk)"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        Err(format!(
+            "output `{shown}` is {what}: refusing to write to it or replace it; give a regular file, a FIFO or a character device"
+        ))
+    }
+    #[cfg(not(unix))]
+    Err(format!(
+        "output `{shown}` is not a regular file: refusing to replace it"
+    ))
+}
+
+/// True when `out` is a symbolic link that leads, possibly through other links, into `/proc`
+/// (`/dev/stdout` -> `/proc/self/fd/1`): it names a file that a process has open, not a place in
+/// the file system, and replacing it would replace `/dev/stdout` itself.
+fn links_into_proc(out: &Path) -> bool {
+    let mut at = out.to_path_buf();
+    // As many hops as the kernel follows.
+    for _ in 0..40 {
+        let Ok(target) = std::fs::read_link(&at) else {
+            return false;
+        };
+        let target = match at.parent() {
+            Some(dir) if target.is_relative() => dir.join(target),
+            _ => target,
+        };
+        if target.starts_with("/proc") {
+            return true;
+        }
+        at = target;
+    }
+    false
+}
+
+/// Writes OUT with `write`, which gets a buffered writer and returns a one-line error.
+///
+/// A regular OUT (or a new one) is written to a temporary file in OUT's folder and renamed into
+/// place once complete, so a half-written OUT never exists; the new file gets the permissions of
+/// `like` when it can; SIGINT or SIGTERM during the write removes the temporary file and ends
+/// the process by that signal. An existing FIFO or character device (or a link to one) is
+/// written into directly and never replaced: its reader sees the data as it is produced, so a
+/// failure part-way leaves it a truncated stream. Anything else that exists and is not a regular
+/// file is refused.
+pub fn write_output(
     out: &Path,
     like: &Path,
-    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    write: impl FnOnce(&mut dyn Write) -> Result<(), String>,
 ) -> Result<(), String> {
     let shown = st::one_line(&out.display().to_string());
+    match out_kind(out, &shown)? {
+        OutKind::Stream => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(out)
+                .map_err(|e| format!("cannot open output `{shown}`: {e}"))?;
+            let mut w = io::BufWriter::with_capacity(1 << 20, Paused(&file));
+            write(&mut w)?;
+            w.flush()
+                .map_err(|e| format!("cannot write `{shown}`: {e}"))
+        }
+        OutKind::Replace => write_atomically(out, &shown, like, write),
+    }
+}
+
+/// A writer that takes the `write` test pause before its first write (see [`test_pause`]).
+struct Paused<W>(W);
+
+impl<W: Write> Write for Paused<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        test_pause("write");
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// The temporary file to remove if SIGINT or SIGTERM arrives, behind a lock that the rename
+/// into place also holds. The first call starts the thread that waits for those signals (the
+/// `signal-hook` crate): on one it removes the file named here, if any, and ends the process by
+/// the same signal, as if it had not been caught (the shell sees 128 + the signal number).
+fn temp_on_signal() -> MutexGuard<'static, Option<PathBuf>> {
+    static PENDING: Mutex<Option<PathBuf>> = Mutex::new(None);
+    static WATCHER: OnceLock<()> = OnceLock::new();
+    let lock = || PENDING.lock().unwrap_or_else(|e| e.into_inner());
+    WATCHER.get_or_init(|| {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        // The watcher registers the signals itself and says so before the write starts; if it
+        // cannot start or register, the signals keep their default action (and a temporary
+        // file may be left behind, as without this).
+        let (registered, wait) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("gradclip-signals".into())
+            .spawn(move || {
+                let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+                    return;
+                };
+                let _ = registered.send(());
+                if let Some(sig) = signals.forever().next() {
+                    if let Some(tmp) = lock().take() {
+                        let _ = std::fs::remove_file(tmp);
+                    }
+                    let _ = signal_hook::low_level::emulate_default_handler(sig);
+                    std::process::exit(128 + sig);
+                }
+            });
+        if spawned.is_ok() {
+            let _ = wait.recv();
+        }
+    });
+    lock()
+}
+
+/// Forgets the temporary file registered with [`temp_on_signal`] when dropped.
+struct TempRegistered;
+
+impl Drop for TempRegistered {
+    fn drop(&mut self) {
+        *temp_on_signal() = None;
+    }
+}
+
+fn write_atomically(
+    out: &Path,
+    shown: &str,
+    like: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<(), String>,
+) -> Result<(), String> {
     let dir: PathBuf = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if out.is_dir() {
-        return Err(format!("output `{shown}` is a directory"));
-    }
     let tmp = tempfile::Builder::new()
         .prefix(".gradclip-")
         .suffix(".tmp")
         .tempfile_in(&dir)
         .map_err(|e| format!("cannot create a temporary file next to `{shown}`: {e}"))?;
+    *temp_on_signal() = Some(tmp.path().to_path_buf());
+    // Declared after `tmp`, so dropped first: on every early return the registration goes
+    // before the file does.
+    let _registered = TempRegistered;
     {
-        let mut w = io::BufWriter::with_capacity(1 << 20, tmp.as_file());
-        write(&mut w)
-            .and_then(|()| w.flush())
+        let mut w = io::BufWriter::with_capacity(1 << 20, Paused(tmp.as_file()));
+        write(&mut w)?;
+        w.flush()
             .map_err(|e| format!("cannot write `{shown}`: {e}"))?;
     }
     tmp.as_file()
@@ -173,8 +401,13 @@ pub fn write_atomically(
     if let Ok(meta) = std::fs::metadata(like) {
         let _ = tmp.as_file().set_permissions(meta.permissions());
     }
-    tmp.persist(out)
-        .map_err(|e| format!("cannot rename into `{shown}`: {}", e.error))?;
+    // The rename and the end of the registration happen under the lock, so a signal either
+    // removes the temporary file before the rename or finds nothing to remove after it.
+    let mut pending = temp_on_signal();
+    let persisted = tmp.persist(out);
+    *pending = None;
+    drop(pending);
+    persisted.map_err(|e| format!("cannot rename into `{shown}`: {}", e.error))?;
     Ok(())
 }
 
@@ -300,15 +533,50 @@ impl Style {
     }
 }
 
-/// The human name of a norm type: `L2`, `L1`, `Linf`, `L3`, `L0.5`.
+/// The human name of a norm type: `L2`, `L1`, `Linf`, `L3`, `L0.5`, `L1e-308`.
 pub fn norm_name(n: NormType) -> String {
     match n {
         NormType::L2 => "L2".into(),
         NormType::L1 => "L1".into(),
         NormType::Inf => "Linf".into(),
-        NormType::P(p) => format!("L{p}"),
+        NormType::P(p) => format!("L{}", Compact(p)),
     }
 }
+
+/// What a clip with coefficient `coef = min(1, max_norm / (total + eps))` does, for the human
+/// text of `clip` and of `norm --max-norm` (the JSON says `clipped = coef < 1` regardless).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipCase {
+    /// `coef == 1`: the norm is within the bound, nothing changes.
+    Within,
+    /// `coef < 1` but `f32(coef) == 1`: every element would be multiplied by exactly 1, so
+    /// nothing changes.
+    RoundsToOne,
+    /// Every element is scaled. `by_eps` when `total <= max_norm`: only the `eps` in the
+    /// denominator makes the coefficient less than 1.
+    Scales {
+        /// The norm is within the bound; eps alone makes the coefficient less than 1.
+        by_eps: bool,
+    },
+}
+
+impl ClipCase {
+    /// The case of a clip of a finite `total` to `max_norm` with coefficient `coef`.
+    pub fn of(total: f64, max_norm: f64, coef: f64) -> ClipCase {
+        if coef >= 1.0 {
+            ClipCase::Within
+        } else if coef as f32 == 1.0 {
+            ClipCase::RoundsToOne
+        } else {
+            ClipCase::Scales {
+                by_eps: total <= max_norm,
+            }
+        }
+    }
+}
+
+/// The eps of `clip`: the library's default, as in PyTorch.
+pub const EPS: f64 = 1e-6;
 
 /// `[2, 3]` style shape text.
 pub fn shape_str(shape: &[usize]) -> String {

@@ -1,5 +1,8 @@
 //! `gradclip bench --json`: one object per line, the documented keys in the documented order.
 
+mod common;
+
+use common::wait_at_most;
 use std::process::Command;
 
 use serde_json::Value;
@@ -95,5 +98,60 @@ fn every_command_help_has_an_example() {
         let help = String::from_utf8(out.stdout).unwrap();
         assert!(help.contains("Example"), "{cmd} --help has no example");
         assert!(help.contains(&format!("gradclip {cmd}")), "{cmd}");
+    }
+}
+
+/// Runs gradclip with `args`, its stdout a pipe already closed by the reader (as `| head`
+/// leaves it): every write fails with EPIPE.
+fn run_into_closed_pipe(args: &[&str]) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gradclip"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    wait_at_most(child, 120)
+}
+
+#[test]
+fn bench_sizes_are_bounded() {
+    for args in [
+        vec!["bench", "--size", "18446744073709551615"],
+        vec!["bench", "--size", "68719476737"],
+        vec!["bench", "--samples", "1000000"],
+        vec!["bench", "--threads", "1000000"],
+        vec!["bench", "--samples", "0"],
+    ] {
+        let child = Command::new(env!("CARGO_BIN_EXE_gradclip"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = wait_at_most(child, 60);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn bench_into_a_closed_pipe_ends_quietly() {
+    for json in [false, true] {
+        let mut args = vec!["bench", "--size", "65536", "--samples", "1"];
+        args.extend(["--threads", "1", "--no-cache-rows", "--op", "norm_l2"]);
+        if json {
+            args.push("--json");
+        }
+        let out = run_into_closed_pipe(&args);
+        assert_eq!(out.status.code(), Some(0), "json {json}: {out:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

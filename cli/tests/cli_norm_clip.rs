@@ -1558,3 +1558,492 @@ fn output_symlink_is_replaced_not_followed() {
     assert_eq!(std::fs::read(&f).unwrap(), bytes);
     assert_ne!(std::fs::read(&link2).unwrap(), bytes);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hardening (issue 10): outputs that are not regular files, inputs that change while they are
+// read, signals during the write.
+
+/// A gradclip run stopped at a test pause (`GRADCLIP_TEST_PAUSE`), waiting for a line on stdin.
+struct Paused {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
+}
+
+impl Paused {
+    /// Starts gradclip with `args` and waits until it reports the pause at `point`; panics if it
+    /// ends without pausing.
+    fn start(args: &[&str], point: &str, scratch: &str) -> Paused {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = bin()
+            .args(args)
+            .env("GRADCLIP_TEST_PAUSE", point)
+            .env("GRADCLIP_SCRATCH_BYTES", scratch)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gradclip");
+        let stdin = child.stdin.take();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                let status = child.wait().unwrap();
+                panic!("gradclip ended ({status}) without pausing at {point}: {seen}");
+            }
+            if line.contains(&format!("test pause at {point}")) {
+                break;
+            }
+            seen.push_str(&line);
+        }
+        Paused {
+            child,
+            stdin,
+            stderr,
+        }
+    }
+
+    /// Lets the run go on and waits for it: (status, stdout, rest of stderr).
+    fn resume(mut self) -> (std::process::ExitStatus, String, String) {
+        use std::io::{Read, Write};
+        if let Some(mut i) = self.stdin.take() {
+            let _ = i.write_all(b"\n");
+        }
+        let mut err = String::new();
+        self.stderr.read_to_string(&mut err).unwrap();
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        (self.child.wait().unwrap(), out, err)
+    }
+}
+
+/// Two f32 tensors of 4 MiB each: with a 256 KiB scratch, every pass reads them in pieces and
+/// the write pass is still in the first tensor when its first bytes reach OUT.
+fn two_big_tensors(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let n = 1 << 20;
+    let tensors = vec![
+        Tensor::f32("a", &[n], &values(n, 11, 8)),
+        Tensor::f32("b", &[n], &values(n, 12, 8)),
+    ];
+    let bytes = build(&tensors, None, None, 0);
+    (write(dir, "g.safetensors", &bytes), bytes)
+}
+
+/// The temporary files gradclip left in `dir`.
+fn temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".gradclip-"))
+        .collect()
+}
+
+/// Overwrites 4 bytes of `path` at `offset` and moves its modification time forward, so the
+/// change shows even on a file system with coarse timestamps.
+fn poke(path: &Path, offset: u64, value: f32) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&value.to_le_bytes(), offset).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(10))
+        .unwrap();
+}
+
+fn truncate(path: &Path, len: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_len(len).unwrap();
+}
+
+const SMALL_SCRATCH: &str = "262144";
+
+#[cfg(unix)]
+#[test]
+fn input_truncated_while_norm_reads_it_is_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, bytes) = two_big_tensors(dir.path());
+    let p = Paused::start(&["norm", s(&f), "--json"], "read", SMALL_SCRATCH);
+    truncate(&f, bytes.len() as u64 / 2);
+    let (status, out, err) = p.resume();
+    assert_eq!(status.code(), Some(2), "{status} {err}");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("truncated"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn input_rewritten_while_norm_reads_it_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, bytes) = two_big_tensors(dir.path());
+    let p = Paused::start(&["norm", s(&f), "--json"], "read", SMALL_SCRATCH);
+    poke(&f, bytes.len() as u64 - 4, 7.0);
+    let (status, out, err) = p.resume();
+    assert_eq!(status.code(), Some(2), "{status} {err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("changed while it was read"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn input_truncated_during_the_write_pass_leaves_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, bytes) = two_big_tensors(dir.path());
+    let out = dir.path().join("o.safetensors");
+    let p = Paused::start(
+        &["clip", s(&f), "--max-norm", "1", "-o", s(&out)],
+        "write",
+        SMALL_SCRATCH,
+    );
+    assert_eq!(
+        temporaries(dir.path()).len(),
+        1,
+        "writing through a temporary"
+    );
+    truncate(&f, bytes.len() as u64 * 3 / 4);
+    let (status, _, err) = p.resume();
+    assert_eq!(status.code(), Some(2), "{status} {err}");
+    assert!(err.contains("truncated"), "{err}");
+    assert!(!out.exists(), "OUT written");
+    assert_eq!(temporaries(dir.path()), Vec::<String>::new());
+}
+
+#[cfg(unix)]
+#[test]
+fn input_rewritten_during_the_write_pass_is_refused() {
+    // A NaN written into data the write pass has not reached yet (its partial differs from the
+    // one measured), and a finite value written into data it has already copied (the file's
+    // modification time differs): refused either way, nothing written.
+    for (at_end, value, why) in [
+        (
+            true,
+            f32::NAN,
+            "changed while it was read (its bytes differ",
+        ),
+        (
+            false,
+            0.25,
+            "changed while it was read (its size or modification time",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, bytes) = two_big_tensors(dir.path());
+        let out = dir.path().join("o.safetensors");
+        let p = Paused::start(
+            &["clip", s(&f), "--max-norm", "1", "-o", s(&out), "--json"],
+            "write",
+            SMALL_SCRATCH,
+        );
+        let data_start = (bytes.len() - split(&bytes).1.len()) as u64;
+        let at = if at_end {
+            bytes.len() as u64 - 4
+        } else {
+            data_start
+        };
+        poke(&f, at, value);
+        let (status, stdout, err) = p.resume();
+        assert_eq!(status.code(), Some(2), "{status} {err}");
+        assert!(stdout.is_empty(), "no report for a refused run: {stdout}");
+        assert!(err.contains(why), "{err}");
+        assert!(!out.exists(), "OUT written");
+        assert_eq!(temporaries(dir.path()), Vec::<String>::new());
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_signal_during_the_write_pass_removes_the_temporary_file() {
+    use std::os::unix::process::ExitStatusExt;
+    for (name, number) in [("TERM", 15), ("INT", 2)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, _) = two_big_tensors(dir.path());
+        let out = dir.path().join("o.safetensors");
+        let p = Paused::start(
+            &["clip", s(&f), "--max-norm", "1", "-o", s(&out)],
+            "write",
+            SMALL_SCRATCH,
+        );
+        assert_eq!(temporaries(dir.path()).len(), 1);
+        let killed = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(p.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let (status, _, err) = p.resume();
+        assert_eq!(status.signal(), Some(number), "{status} {err}");
+        assert!(!out.exists(), "OUT written");
+        assert_eq!(temporaries(dir.path()), Vec::<String>::new(), "SIG{name}");
+    }
+}
+
+/// Runs `mknod PATH TYPE MAJOR MINOR`; false (with a note) where that is not permitted.
+fn mknod(path: &Path, kind: &str, major: u32, minor: u32) -> bool {
+    let ok = Command::new("mknod")
+        .arg(path)
+        .arg(kind)
+        .arg(major.to_string())
+        .arg(minor.to_string())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        println!("note: mknod {kind} not permitted here (needs root): that case is skipped");
+    }
+    ok
+}
+
+#[cfg(unix)]
+#[test]
+fn output_fifo_is_written_into_not_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = build(&mixed_tensors(), None, None, 0);
+    let f = write(dir.path(), "g.safetensors", &bytes);
+    let regular = dir.path().join("regular.safetensors");
+    let o = run(&["clip", s(&f), "--max-norm", "0.5", "-o", s(&regular)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let want = std::fs::read(&regular).unwrap();
+
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let o = run(&["clip", s(&f), "--max-norm", "0.5", "-o", s(&fifo), "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo(),
+        "the FIFO was replaced"
+    );
+    assert_eq!(
+        reader.join().unwrap(),
+        want,
+        "the reader got the clipped file"
+    );
+    assert_eq!(temporaries(dir.path()), Vec::<String>::new());
+}
+
+#[cfg(unix)]
+#[test]
+fn output_character_device_is_written_into_not_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "g.safetensors",
+        &build(&mixed_tensors(), None, None, 0),
+    );
+    // A private null device (major 1, minor 3), and a link to it.
+    let null = dir.path().join("mynull");
+    if !mknod(&null, "c", 1, 3) {
+        return;
+    }
+    let link = dir.path().join("link-to-null");
+    std::os::unix::fs::symlink(&null, &link).unwrap();
+    for out in [&null, &link] {
+        let o = run(&["clip", s(&f), "--max-norm", "0.5", "-o", s(out)]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(
+            std::fs::metadata(&null)
+                .unwrap()
+                .file_type()
+                .is_char_device(),
+            "the device node was replaced"
+        );
+    }
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(temporaries(dir.path()), Vec::<String>::new());
+}
+
+#[cfg(unix)]
+#[test]
+fn output_block_device_or_socket_is_refused() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "g.safetensors",
+        &build(&mixed_tensors(), None, None, 0),
+    );
+    let sock = dir.path().join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let mut outs = vec![(sock, "a socket")];
+    // Major 240 is reserved for local use: no driver behind it, even if this test were wrong.
+    let block = dir.path().join("disk");
+    if mknod(&block, "b", 240, 0) {
+        outs.push((block, "a block device"));
+    }
+    for (out, what) in &outs {
+        let o = run(&["clip", s(&f), "--max-norm", "0.5", "-o", s(out)]);
+        assert_one_line_error(&o, what);
+        assert!(stderr(&o).contains(what), "{}", stderr(&o));
+        let t = std::fs::symlink_metadata(out).unwrap().file_type();
+        assert!(t.is_socket() || t.is_block_device(), "{what} replaced");
+    }
+    assert_eq!(temporaries(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn reports_say_when_eps_scales_and_when_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.safetensors");
+    // [3e-8, 4e-8] with max-norm 1e-7: the norm is within the bound, eps = 1e-6 scales.
+    let f = write(
+        dir.path(),
+        "eps.safetensors",
+        &build(&[Tensor::f32("w", &[2], &[3e-8, 4e-8])], None, None, 0),
+    );
+    let o = run(&["clip", s(&f), "--max-norm", "1e-7", "-o", s(&out)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("is within max-norm 1e-7") && text.contains("eps = 1e-6"),
+        "{text}"
+    );
+    assert!(text.contains("scaled every element by 0.0952"), "{text}");
+    let o = run(&["norm", s(&f), "--max-norm", "1e-7"]);
+    assert!(stdout(&o).contains("eps = 1e-6"), "{}", stdout(&o));
+
+    // [3, 4] with max-norm 5.00000095: clip_coef = 0.99999999 < 1, but 1 in f32.
+    let bytes = build(&[Tensor::f32("w", &[2], &[3.0, 4.0])], None, None, 0);
+    let f = write(dir.path(), "34.safetensors", &bytes);
+    let o = run(&["clip", s(&f), "--max-norm", "5.00000095", "-o", s(&out)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("nothing changed"), "{text}");
+    assert!(!text.contains("scaled every element"), "{text}");
+    assert_eq!(std::fs::read(&out).unwrap(), bytes, "OUT byte-identical");
+    // The JSON contract is unchanged: clipped = clip_coef < 1.
+    let o = run(&[
+        "clip",
+        s(&f),
+        "--max-norm",
+        "5.00000095",
+        "-o",
+        s(&out),
+        "--json",
+    ]);
+    let j = json(&o);
+    assert_eq!(j["clipped"], true);
+    assert!(raw_f64(&stdout(&o), "clip_coef") < 1.0);
+    let o = run(&["norm", s(&f), "--max-norm", "5.00000095"]);
+    assert!(stdout(&o).contains("no change"), "{}", stdout(&o));
+}
+
+#[test]
+fn floats_are_printed_compactly_and_plus_inf_is_a_norm_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "ones.safetensors",
+        &build(&[Tensor::f32("w", &[1000], &[1.0; 1000])], None, None, 0),
+    );
+    // 1000 ones, p = 0.01: 1000^100 = 1e300.
+    let o = run(&["norm", s(&f), "--norm-type", "0.01"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("total L0.01 norm: 1e300\n"),
+        "{}",
+        stdout(&o)
+    );
+    // p = 1e-308: the norm overflows; the message stays short.
+    let o = run(&["norm", s(&f), "--norm-type", "1e-308"]);
+    assert_one_line_error(&o, "p = 1e-308");
+    assert!(
+        stderr(&o).contains("p = 1e-308") && stderr(&o).len() < 200,
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["clip", s(&f), "--max-norm", "1e-30", "-o", "/nonexistent/x"]);
+    assert!(!stderr(&o).contains("0.0000000"), "{}", stderr(&o));
+    let out = dir.path().join("o.safetensors");
+    let o = run(&["clip", s(&f), "--max-norm", "1e-30", "-o", s(&out)]);
+    assert!(
+        stdout(&o).contains("> max-norm 1e-30") && stdout(&o).len() < 200,
+        "{}",
+        stdout(&o)
+    );
+    // `+inf` as `inf`.
+    for p in ["+inf", "+Infinity", "inf", "INF"] {
+        let o = run(&["norm", s(&f), "--norm-type", p, "--json"]);
+        assert_eq!(code(&o), 0, "{p}: {}", stderr(&o));
+        assert_eq!(json(&o)["norm_type"], "inf");
+    }
+    let o = run(&["norm", s(&f), "--norm-type", "-inf"]);
+    assert_one_line_error(&o, "-inf");
+}
+
+#[test]
+fn p_norm_of_tiny_values_is_finite_end_to_end() {
+    // The issue's reproduction: 2000 values of 1.4e-45, p = 0.01: the norm is about 1.8e285.
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = f32::from_bits(1);
+    let f = write(
+        dir.path(),
+        "tiny.safetensors",
+        &build(&[Tensor::f32("w", &[2000], &[tiny; 2000])], None, None, 0),
+    );
+    let o = run(&["norm", s(&f), "--norm-type", "0.01", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let got = raw_f64(&stdout(&o), "total_norm");
+    let h = 2000f64.powf(50.0);
+    let want = (tiny as f64 * h) * h;
+    assert_close(got, want, 1e-10, "total");
+}
+
+#[cfg(unix)]
+#[test]
+fn output_link_into_proc_is_never_replaced() {
+    // A link like /dev/stdout (here in a temporary folder): `-o LINK` with stdout redirected to a
+    // regular file must not replace the link; with stdout a pipe, the data goes into the pipe.
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = build(&mixed_tensors(), None, None, 0);
+    let f = write(dir.path(), "g.safetensors", &bytes);
+    let link = dir.path().join("stdout");
+    std::os::unix::fs::symlink("/proc/self/fd/1", &link).unwrap();
+    let redirected = dir.path().join("redirected");
+    let o = bin()
+        .args(["clip", s(&f), "--max-norm", "0.5", "-o", s(&link)])
+        .stdout(std::fs::File::create(&redirected).unwrap())
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "link into /proc");
+    assert!(stderr(&o).contains("/proc"), "{}", stderr(&o));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(temporaries(dir.path()), Vec::<String>::new());
+    // Into a pipe: the clipped file, then the JSON line.
+    let regular = dir.path().join("regular.safetensors");
+    let o = run(&["clip", s(&f), "--max-norm", "0.5", "-o", s(&regular)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let want = std::fs::read(&regular).unwrap();
+    let o = run(&["clip", s(&f), "--max-norm", "0.5", "-o", s(&link), "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        o.stdout.starts_with(&want),
+        "the clipped file went to the pipe"
+    );
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}

@@ -3,6 +3,9 @@
 //! symptom that never fires in the clipped run fires in it before the NaN; with clipping it stays
 //! finite and the held-out loss falls. A longer run of (c) beats the predict-the-mean baseline.
 
+mod common;
+
+use common::wait_at_most;
 use std::process::Command;
 
 use gradclip::monitor::MonitorConfig;
@@ -142,17 +145,58 @@ fn demo_learning_run_beats_the_mean_baseline() {
 
 #[test]
 fn demo_rejects_bad_arguments() {
-    let out = Command::new(env!("CARGO_BIN_EXE_gradclip"))
-        .args([
-            "demo",
-            "--steps",
-            "0",
-            "--out",
-            "/nonexistent-dir-never-used",
-        ])
-        .output()
+    use std::process::Stdio;
+    // Every one is refused at once, exit 2, one line, before anything runs or is written.
+    for bad in [
+        &["--steps", "0"][..],
+        &["--max-eigen-h", "100000000"],
+        &["--max-eigen-h", "8"],
+        &["--hidden", "1000000"],
+        &["--seq-len", "3"],
+        &["--batch", "4096", "--seq-len", "10000", "--hidden", "2048"],
+        &["--steps", "18446744073709551615"],
+        &["--runs", "xyz"],
+        &["--runs", ""],
+        &["--lr", "NaN"],
+        &["--low-lr", "-1"],
+        &["--momentum", "1"],
+    ] {
+        let child = Command::new(env!("CARGO_BIN_EXE_gradclip"))
+            .arg("demo")
+            .args(bad)
+            .args(["--out", "/nonexistent-dir-never-used/x"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = wait_at_most(child, 60);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{bad:?}: {err}");
+        assert!(out.stdout.is_empty(), "{bad:?} ran");
+    }
+}
+
+#[test]
+fn demo_into_a_closed_pipe_ends_quietly() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gradclip"))
+        .args(["demo", "--steps", "2", "--max-eigen-h", "16", "--out"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
+    // The reader goes away before the first line, as `gradclip demo | head -0` would.
+    drop(child.stdout.take());
+    let out = wait_at_most(child, 120);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn config(defences: Defences, steps: usize) -> TrainConfig {

@@ -9,10 +9,13 @@
 //!   one-line error or produce a result that is consistent in every way checked below; a file
 //!   `st::parse` accepts must also pass the `safetensors` crate's own validation.
 //!
-//! Both take P norms besides L2, L1 and Inf: p = 3 and 0.5, and p = 0.001, whose value exceeds
-//! f64 for finite data from about three elements on. There the expected outcome is
-//! `Error::NormOverflow` (`StError::Invalid` of it in the CLI path), accepted only when the
-//! scalar reference is at or beyond the edge of f64, for the file or for one tensor.
+//! Both take P norms besides L2, L1 and Inf: p = 3 and 0.5, p = 0.001, whose value exceeds
+//! f64 for finite data from about three elements on, and p = 0.01, where a thousand or more
+//! elements below 1 (subnormals: seeds `p_tiny_power_overflows`) make `total^(1/p)` exceed f64
+//! while the norm itself does not. Beyond f64 the expected outcome is `Error::NormOverflow`
+//! (`StError::Invalid` of it in the CLI path), accepted only when the scalar reference (which
+//! computes the power through its logarithm, a formula of its own) is at or beyond the edge of
+//! f64, for the file or for one tensor.
 
 use gradclip::reference;
 use gradclip::st::{self, StError};
@@ -186,6 +189,7 @@ pub fn kernels_differential(data: &[u8]) {
             NormType::P(3.0),
             NormType::P(0.5),
             NormType::P(0.001),
+            NormType::P(0.01),
         ]
     };
 
@@ -300,8 +304,9 @@ pub fn kernels_differential(data: &[u8]) {
     }
 }
 
-/// Every element of `after` is the reference `scale(before, c)` bit for bit (NaN as NaN), or
-/// `before` untouched when the factor was refused.
+/// Every element of `after` is the reference `scale(before, c)` bit for bit (NaN payloads
+/// included: the reference spells the NaN rule out), or `before` untouched when the factor was
+/// refused or is 1 in f32.
 fn check_scaled<T: gradclip::Element + std::fmt::Debug>(
     before: &[T],
     after: &[T],
@@ -311,11 +316,10 @@ fn check_scaled<T: gradclip::Element + std::fmt::Debug>(
     scale: fn(T, f32) -> T,
 ) {
     for (x, y) in before.iter().zip(after) {
-        let want = if valid { scale(*x, c) } else { *x };
+        let want = if valid && c != 1.0 { scale(*x, c) } else { *x };
         assert!(
-            (y.abs_bits() == want.abs_bits()
-                && y.to_f32().is_sign_negative() == want.to_f32().is_sign_negative())
-                || (y.is_nan_value() && want.is_nan_value()),
+            y.abs_bits() == want.abs_bits()
+                && y.to_f32().is_sign_negative() == want.to_f32().is_sign_negative(),
             "{} {:?} {x:?} * {c:e}: got {y:?}, want {want:?}",
             isa.name(),
             T::DTYPE
@@ -378,6 +382,7 @@ pub fn safetensors_cli(data: &[u8]) {
         NormType::P(3.0),
         NormType::P(0.5),
         NormType::P(0.001),
+        NormType::P(0.01),
     ];
     let mut summaries = Vec::new();
     for norm_type in norm_types {
@@ -432,7 +437,7 @@ pub fn safetensors_cli(data: &[u8]) {
     }
 
     let max_norm = [1e-3, 1.0, 1e30][data.len() % 3];
-    let (norm_type, norm) = &summaries[[0, 0, 5][data.len() / 3 % 3]];
+    let (norm_type, norm) = &summaries[[0, 0, 5, 6][data.len() / 3 % 4]];
     match st::clip(data, &layout, max_norm, *norm_type) {
         Ok(c) => {
             let norm = norm
@@ -446,8 +451,8 @@ pub fn safetensors_cli(data: &[u8]) {
             c.write_to(data, &layout, &mut out).expect("write to a Vec");
             assert_eq!(out.len(), data.len());
             assert_eq!(out[..layout.data_start], data[..layout.data_start]);
-            if !c.clipped {
-                assert!(out == data, "clip_coef 1 must copy bit for bit");
+            if !c.rewrites_data() {
+                assert!(out == data, "f32(clip_coef) == 1 must copy bit for bit");
             }
             let again = st::parse(&out).expect("clipped output parses");
             assert_eq!(again, layout);
@@ -456,6 +461,7 @@ pub fn safetensors_cli(data: &[u8]) {
                 after.nonfinite.is_none(),
                 "clipping made a non-finite value"
             );
+            check_changed_source(data, &layout, &c);
         }
         Err(StError::NonFinite(l)) => {
             let norm = norm
@@ -471,6 +477,34 @@ pub fn safetensors_cli(data: &[u8]) {
             assert!(norm.is_none(), "clip refused a norm type norms accepted");
         }
         Err(e) => panic!("unexpected clip error on a valid file: {e}"),
+    }
+}
+
+/// A source that differs from what [`st::clip`] measured: the write pass must refuse it. A file
+/// that lost its last byte gives `StError::Read`; a NaN written over the first element of the
+/// first non-empty tensor gives `StError::Changed` naming that tensor (a NaN always changes the
+/// tensor's partial).
+fn check_changed_source(data: &[u8], layout: &st::Layout, c: &st::Clipped) {
+    let Some(t) = layout.tensors.iter().find(|t| t.end > t.start) else {
+        return;
+    };
+    let mut out = Vec::new();
+    match c.write_to(&data[..data.len() - 1], layout, &mut out) {
+        Err(StError::Read { .. }) => {}
+        r => panic!("a truncated source: {r:?}"),
+    }
+    let mut changed = data.to_vec();
+    let at = layout.data_start + t.start;
+    let nan: &[u8] = match t.dtype {
+        gradclip::DType::F32 => &[0x01, 0x00, 0xC0, 0x7F],
+        gradclip::DType::F16 => &[0x01, 0x7E],
+        gradclip::DType::BF16 => &[0xC1, 0x7F],
+    };
+    changed[at..at + nan.len()].copy_from_slice(nan);
+    out.clear();
+    match c.write_to(&changed, layout, &mut out) {
+        Err(StError::Changed { name }) => assert_eq!(name, t.name),
+        r => panic!("a NaN written over the data: {r:?}"),
     }
 }
 

@@ -14,10 +14,12 @@ pub fn parse_max_norm(s: &str) -> Result<f64, StError> {
     }
 }
 
-/// Parses a `--norm-type` value: `2`, `1`, `inf` or any finite `p > 0`.
+/// Parses a `--norm-type` value: `2`, `1`, `inf` (also `+inf`, `infinity`, any case) or any
+/// finite `p > 0`.
 pub fn parse_norm_type(s: &str) -> Result<NormType, StError> {
     let t = s.trim();
-    if t.eq_ignore_ascii_case("inf") || t.eq_ignore_ascii_case("infinity") {
+    let unsigned = t.strip_prefix('+').unwrap_or(t);
+    if unsigned.eq_ignore_ascii_case("inf") || unsigned.eq_ignore_ascii_case("infinity") {
         return Ok(NormType::Inf);
     }
     let bad = || {

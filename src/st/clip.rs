@@ -1,11 +1,13 @@
 //! Clipping a whole file: the coefficient from the norms, then the scaled data as it is written.
 
-use super::data::{into_le_bytes, raw_bytes, Scratch};
+use super::data::{file_offset, into_le_bytes, Scratch};
 use super::error::StError;
 use super::header::Layout;
-use super::norms::analyse;
+use super::norms::{analyse, piecewise_partial};
+use super::source::Source;
 use crate::clip::{scale_, ClipOptions};
 use crate::norm_type::NormType;
+use crate::partial::NormPartial;
 
 /// `min(1, max_norm / (total_norm + 1e-6))`, from the library (nothing is scaled).
 pub fn clip_coefficient(max_norm: f64, total_norm: f64) -> Result<f64, StError> {
@@ -25,58 +27,89 @@ pub struct Clipped {
     pub max_norm: f64,
     /// `min(1, max_norm / (total_norm + 1e-6))`.
     pub clip_coef: f64,
-    /// True when `clip_coef < 1` (the data is rescaled).
+    /// True when `clip_coef < 1`. The data is multiplied by `f32(clip_coef)`, which is 1 for a
+    /// coefficient within 2^-25 of 1: see [`Clipped::rewrites_data`].
     pub clipped: bool,
+    /// Each tensor's partial as measured, checked again while the data is written.
+    parts: Vec<NormPartial>,
 }
 
 impl Clipped {
-    /// Writes the clipped file: the 8-byte length and header of `bytes` verbatim (names,
-    /// dtypes, shapes, offsets and `__metadata__` are unchanged), then the data in file order.
-    /// When `clip_coef == 1` the data section is copied byte for byte; otherwise each tensor,
-    /// in pieces of at most [`SCRATCH_BYTES`] cut at element boundaries, is copied into one
-    /// reused buffer, scaled there by [`crate::scale_`] (`round_to_dtype(f32(x) *
-    /// f32(clip_coef))`) and written.
-    pub fn write_to<W: std::io::Write + ?Sized>(
+    /// True when the clipped data differs from the input's: `f32(clip_coef) != 1`. When false,
+    /// [`Clipped::write_to`] writes a byte-for-byte copy.
+    pub fn rewrites_data(&self) -> bool {
+        self.clip_coef as f32 != 1.0
+    }
+
+    /// Writes the clipped file: [`Layout::head`] (the 8-byte length and the header, verbatim:
+    /// names, dtypes, shapes, offsets and `__metadata__` are unchanged), then the data in file
+    /// order, read again from `src`. Each tensor, in pieces of at most [`SCRATCH_BYTES`] cut
+    /// where the reduction tree cuts it, is read into one reused buffer, its partial taken again,
+    /// scaled there by [`crate::scale_`] (`round_to_dtype(f32(x) * f32(clip_coef))`, nothing
+    /// when that factor is 1) and written.
+    ///
+    /// Every tensor's partial must have the bits measured by [`clip`]; if it does not, the file
+    /// was rewritten in between and this returns [`StError::Changed`] (a file that shrank gives
+    /// [`StError::Read`]), having written part of the data: the caller discards the output.
+    ///
+    /// [`SCRATCH_BYTES`]: super::SCRATCH_BYTES
+    pub fn write_to<S: Source + ?Sized, W: std::io::Write + ?Sized>(
         &self,
-        bytes: &[u8],
+        src: &S,
         layout: &Layout,
         w: &mut W,
-    ) -> std::io::Result<()> {
-        let mismatch =
-            || std::io::Error::new(std::io::ErrorKind::InvalidInput, "layout does not match");
-        w.write_all(bytes.get(..layout.data_start).ok_or_else(mismatch)?)?;
-        if self.clip_coef == 1.0 {
-            return w.write_all(bytes.get(layout.data_start..).ok_or_else(mismatch)?);
+    ) -> Result<(), StError> {
+        let write_err = |e: std::io::Error| StError::Write(e.to_string());
+        if layout.tensors.len() != self.parts.len() {
+            return Err(StError::Format(
+                "the layout is not the one that was measured".into(),
+            ));
         }
+        w.write_all(layout.head()).map_err(write_err)?;
+        let rewrite = self.rewrites_data();
         let mut scratch = Scratch::new();
-        for t in &layout.tensors {
-            let raw = raw_bytes(bytes, layout, t).map_err(|_| mismatch())?;
-            for piece in raw.chunks(scratch.piece(t.dtype.size_of())) {
-                let mut g = scratch.load(piece, t.dtype);
-                scale_(std::slice::from_mut(&mut g), self.clip_coef)
-                    .map_err(std::io::Error::other)?;
-                w.write_all(into_le_bytes(g))?;
+        for (t, measured) in layout.tensors.iter().zip(&self.parts) {
+            let again = piecewise_partial(
+                src,
+                file_offset(layout, t),
+                t.end - t.start,
+                t.dtype,
+                self.norm_type,
+                &mut scratch,
+                &mut |mut g| {
+                    if rewrite {
+                        scale_(std::slice::from_mut(&mut g), self.clip_coef)
+                            .map_err(StError::Invalid)?;
+                    }
+                    w.write_all(into_le_bytes(g)).map_err(write_err)
+                },
+            )?;
+            if bytemuck::bytes_of(&again) != bytemuck::bytes_of(measured) {
+                return Err(StError::Changed {
+                    name: t.name.clone(),
+                });
             }
         }
         Ok(())
     }
 }
 
-/// The norm and clip coefficient of a validated file, with the semantics of [`clip_grad_norm_`]
-/// (policy error, eps 1e-6): a non-finite element gives [`StError::NonFinite`] (the first in file
-/// order), bad `max_norm` or norm type and a P norm too large for f64 give [`StError::Invalid`].
-/// Nothing is copied here; [`Clipped::write_to`] produces the data.
+/// The norm and clip coefficient of a validated file, read from `src`, with the semantics of
+/// [`clip_grad_norm_`] (policy error, eps 1e-6): a non-finite element gives
+/// [`StError::NonFinite`] (the first in file order), bad `max_norm` or norm type and a P norm
+/// too large for f64 give [`StError::Invalid`]. Nothing is copied here; [`Clipped::write_to`]
+/// produces the data.
 ///
 /// [`clip_grad_norm_`]: crate::clip_grad_norm_
-pub fn clip(
-    bytes: &[u8],
+pub fn clip<S: Source + ?Sized>(
+    src: &S,
     layout: &Layout,
     max_norm: f64,
     norm_type: NormType,
 ) -> Result<Clipped, StError> {
     // Validate the arguments before reading gigabytes.
     clip_coefficient(max_norm, 0.0)?;
-    let a = analyse(bytes, layout, norm_type)?;
+    let a = analyse(src, layout, norm_type)?;
     if let Some(l) = a.nonfinite {
         return Err(StError::NonFinite(l));
     }
@@ -93,5 +126,6 @@ pub fn clip(
         max_norm,
         clip_coef,
         clipped: clip_coef < 1.0,
+        parts: a.parts,
     })
 }

@@ -94,6 +94,33 @@ pub enum StError {
     Argument(String),
     /// A tensor holds NaN or ±inf.
     NonFinite(Located),
+    /// Reading the file failed, or it ended early: it was truncated while it was read.
+    Read {
+        /// Where the failed read started.
+        offset: u64,
+        /// What went wrong (one line).
+        reason: String,
+    },
+    /// A tensor's bytes differ between two reads: the file was rewritten while it was read, so a
+    /// clipped copy would not hold the data that was measured.
+    Changed {
+        /// The tensor whose bytes changed.
+        name: String,
+    },
+    /// Writing the clipped data failed.
+    Write(String),
+}
+
+impl StError {
+    /// The error for a failed read at `offset`; a read past the end means the file shrank.
+    pub(crate) fn read(offset: u64, e: &std::io::Error) -> StError {
+        let reason = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            "the file ends there: it was truncated while it was read".to_string()
+        } else {
+            e.to_string()
+        };
+        StError::Read { offset, reason }
+    }
 }
 
 /// A non-finite element, located by tensor (file-order index and name) and flat index.
@@ -208,6 +235,15 @@ impl fmt::Display for StError {
                 q(&l.name),
                 l.index
             ),
+            StError::Read { offset, reason } => {
+                write!(f, "cannot read byte {offset} of the file: {}", q(reason))
+            }
+            StError::Changed { name } => write!(
+                f,
+                "tensor `{}` changed while it was read (its bytes differ between the two passes): the file was rewritten during the run",
+                q(name)
+            ),
+            StError::Write(why) => write!(f, "cannot write the output: {}", q(why)),
         }
     }
 }

@@ -4,6 +4,7 @@ use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use std::fmt;
 
 use super::error::{one_line, StError, MAX_HEADER_LEN};
+use super::source::Source;
 use crate::dtype::DType;
 
 /// One tensor of a validated file.
@@ -54,6 +55,16 @@ pub struct Layout {
     /// The `__metadata__` entries, sorted by key (`None` when absent). OUT gets the header
     /// verbatim, so their order in the file is kept there.
     pub metadata: Option<Vec<(String, String)>>,
+    /// The first `data_start` bytes as they were validated (the length and the header).
+    head: Vec<u8>,
+}
+
+impl Layout {
+    /// The file's first [`Layout::data_start`] bytes (the 8-byte length and the JSON header)
+    /// exactly as they were validated: what a clipped copy starts with.
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -537,13 +548,44 @@ fn parse_header(text: &str) -> Result<Header, StError> {
 /// in one pass into compact per-tensor records (no JSON tree), so its memory stays a small
 /// multiple of the number of tensors.
 pub fn parse(bytes: &[u8]) -> Result<Layout, StError> {
-    if bytes.is_empty() {
+    parse_head(bytes, bytes.len() as u64)
+}
+
+/// [`parse`] for a file read through a [`Source`] (an open file): reads the 8-byte length and
+/// the header (at most [`MAX_HEADER_LEN`] bytes, and never past the end of the file) and
+/// validates the layout against the file's size. No tensor data is read.
+pub fn read_layout<S: Source + ?Sized>(src: &S) -> Result<Layout, StError> {
+    let file_len = src.size().map_err(|e| StError::read(0, &e))?;
+    let mut len_bytes = [0u8; 8];
+    let got = usize::try_from(file_len).map_or(8, |n| n.min(8));
+    src.read_exact_at(&mut len_bytes[..got], 0)
+        .map_err(|e| StError::read(0, &e))?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    // Only a header that `parse_head` would go on to read is read here; every other case is
+    // refused by `parse_head` from the first bytes and the file's size alone.
+    let head_len = header_len
+        .checked_add(8)
+        .filter(|&n| header_len <= MAX_HEADER_LEN && n <= file_len && got == 8)
+        .map_or(got as u64, |n| n);
+    let mut head = vec![0u8; head_len as usize];
+    src.read_exact_at(&mut head, 0)
+        .map_err(|e| StError::read(0, &e))?;
+    parse_head(&head, file_len)
+}
+
+/// Validates a file of `file_len` bytes from its first bytes `head` (at least the length and the
+/// header when the header fits in the file).
+fn parse_head(head: &[u8], file_len: u64) -> Result<Layout, StError> {
+    let file_len_usize = usize::try_from(file_len).unwrap_or(usize::MAX);
+    if file_len == 0 {
         return Err(StError::Empty);
     }
-    let len_bytes: [u8; 8] = bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or(StError::TooShort { len: bytes.len() })?;
+    let len_bytes: [u8; 8] =
+        head.get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(StError::TooShort {
+                len: file_len_usize,
+            })?;
     let header_len64 = u64::from_le_bytes(len_bytes);
     if header_len64 > MAX_HEADER_LEN {
         return Err(StError::HeaderTooLong {
@@ -552,11 +594,14 @@ pub fn parse(bytes: &[u8]) -> Result<Layout, StError> {
     }
     let past_end = StError::HeaderPastEnd {
         header_len: header_len64,
-        file_len: bytes.len(),
+        file_len: file_len_usize,
     };
     let header_len = usize::try_from(header_len64).map_err(|_| past_end.clone())?;
     let data_start = header_len.checked_add(8).ok_or(past_end.clone())?;
-    let header = bytes.get(8..data_start).ok_or(past_end)?;
+    if data_start as u64 > file_len {
+        return Err(past_end);
+    }
+    let header = head.get(8..data_start).ok_or(past_end)?;
     let text = std::str::from_utf8(header)
         .map_err(|e| StError::BadHeader(format!("header is not UTF-8: {e}")))?;
     let Header {
@@ -567,7 +612,9 @@ pub fn parse(bytes: &[u8]) -> Result<Layout, StError> {
     // File order: by offsets; the stable sort keeps header order for equal offsets.
     tensors.sort_by_key(|t| (t.start, t.end));
 
-    let data_len = bytes.len() - data_start;
+    let data_len = usize::try_from(file_len - data_start as u64).map_err(|_| {
+        StError::Format("the data section does not fit in this platform's address space".into())
+    })?;
     let mut pos = 0usize;
     let mut prev: Option<&TensorInfo> = None;
     for t in &tensors {
@@ -612,5 +659,6 @@ pub fn parse(bytes: &[u8]) -> Result<Layout, StError> {
         data_start,
         tensors,
         metadata,
+        head: head[..data_start].to_vec(),
     })
 }

@@ -12,18 +12,22 @@
 //! header. It accepts nothing the `safetensors` crate rejects (the fuzz oracle checks that
 //! through the `safetensors` crate's own parser).
 //!
-//! [`norms`] and [`clip`] read tensors where they lie in the given bytes (a memory map, in the
-//! binary); data that cannot be borrowed (misaligned, big-endian host) and data being scaled
-//! goes through one reused buffer of at most [`SCRATCH_BYTES`], so memory does not grow with
-//! the file.
+//! [`read_layout`] does the same for an open file, reading only the header. [`norms`] and
+//! [`clip`] read tensor data from a [`Source`] (a byte slice, or an open file through positioned
+//! reads: never a shared memory map, which kills the process with SIGBUS when another process
+//! truncates the file) into one reused buffer of at most [`SCRATCH_BYTES`], so memory does not
+//! grow with the file. A file that ends early is an error ([`StError::Read`]), and
+//! [`Clipped::write_to`] checks, tensor by tensor, that the data it writes has the partials that
+//! were measured ([`StError::Changed`] otherwise).
 //!
 //! Tensors are kept in **file order**: ascending data offset, ties (zero-size tensors at the
 //! same offset) broken by their position in the header. The JSON map's own order is not used.
 //!
 //! By concern: `error` (why a file or call is refused), `header` (the one-pass parse into a
-//! [`Layout`]), `data` (tensor bytes as elements, the bounded scratch), `norms` (per-tensor and
-//! total partials, merged in the library's tree), `clip` (the coefficient and the scaled data as
-//! it is written), `args` (command-line values shared by `norm` and `clip`).
+//! [`Layout`]), `source` (positioned reads from a slice or a file), `data` (tensor bytes as
+//! elements, the bounded scratch), `norms` (per-tensor and total partials, merged in the
+//! library's tree), `clip` (the coefficient and the scaled data as it is written, checked
+//! against the measurement), `args` (command-line values shared by `norm` and `clip`).
 
 mod args;
 mod clip;
@@ -31,10 +35,15 @@ mod data;
 mod error;
 mod header;
 mod norms;
+mod source;
 
 pub use args::{parse_max_norm, parse_norm_type};
 pub use clip::{clip, clip_coefficient, Clipped};
 pub use data::{tensor_data, TensorData, SCRATCH_BYTES};
 pub use error::{one_line, Located, StError, MAX_HEADER_LEN};
-pub use header::{dtype_str, parse, Layout, TensorInfo};
+pub use header::{dtype_str, parse, read_layout, Layout, TensorInfo};
 pub use norms::{norms, NormSummary};
+pub use source::Source;
+
+/// Floats in messages, as the command line prints them (see [`Compact`]).
+pub use crate::error::Compact;
