@@ -118,6 +118,7 @@ struct TorchApi {
     f32: Py<PyAny>,
     f16: Py<PyAny>,
     bf16: Py<PyAny>,
+    strided: Py<PyAny>,
     increment_version: Py<PyAny>,
     get_num_threads: Py<PyAny>,
 }
@@ -159,6 +160,7 @@ fn torch_api(py: Python<'_>) -> PyResult<Option<&TorchApi>> {
         f32: torch.getattr("float32")?.unbind(),
         f16: torch.getattr("float16")?.unbind(),
         bf16: torch.getattr("bfloat16")?.unbind(),
+        strided: torch.getattr("strided")?.unbind(),
         increment_version: torch.getattr("_C")?.getattr("_increment_version")?.unbind(),
         get_num_threads: torch.getattr("get_num_threads")?.unbind(),
     };
@@ -360,6 +362,13 @@ fn torch_buffer(api: &TorchApi, t: &Bound<'_, PyAny>, pos: usize, role: Role) ->
     let dims = if contiguous || len <= 1 {
         None
     } else {
+        // The slow path only: a sparse COO tensor says "not contiguous" and has strides.
+        let layout = t.getattr(intern!(py, "layout"))?;
+        if !layout.is(api.strided.bind(py)) {
+            return Err(fail(format!(
+                "layout {layout} is not supported (strided tensors only)"
+            )));
+        }
         let shape: Vec<usize> = t.getattr(intern!(py, "shape"))?.extract()?;
         let strides: Vec<isize> = t
             .call_method0(intern!(py, "stride"))
