@@ -28,6 +28,33 @@ impl DType {
         }
     }
 
+    /// `v` rounded once, to nearest with ties to even, to this dtype and widened back to f64
+    /// (exactly): what a scalar of this dtype holds for the f64 value `v`, e.g. a norm returned
+    /// as a 0-dim tensor. NaN stays NaN, values beyond the range become ±inf.
+    ///
+    /// One rounding, not two: going through f32 with round-to-nearest first could create a false
+    /// tie (f64 → f32 → bf16 differs from f64 → bf16 near halfway points), so the f32 step rounds
+    /// to odd, which keeps the sticky information the second rounding needs.
+    ///
+    /// ```
+    /// use gradclip::DType;
+    /// // 1 + 2^-8 + 2^-40 is just above the halfway point between two bf16 neighbours.
+    /// let v = 1.0 + 2f64.powi(-8) + 2f64.powi(-40);
+    /// assert_eq!(DType::BF16.round_f64(v), 1.0 + 2f64.powi(-7));
+    /// assert_eq!(DType::BF16.round_f64(1.0 + 2f64.powi(-8)), 1.0); // a true tie: to even
+    /// assert_eq!(DType::F16.round_f64(1e6), f64::INFINITY);
+    /// ```
+    pub fn round_f64(self, v: f64) -> f64 {
+        match self {
+            DType::F32 => v as f32 as f64,
+            DType::F16 => f16_bits_to_f32(f32_to_f16_bits_rne(f64_to_f32_round_to_odd(v))) as f64,
+            DType::BF16 => {
+                f32::from_bits((f32_to_bf16_bits_rne(f64_to_f32_round_to_odd(v)) as u32) << 16)
+                    as f64
+            }
+        }
+    }
+
     /// Lower-case name: `f32`, `f16`, `bf16`.
     pub const fn name(self) -> &'static str {
         match self {
@@ -204,9 +231,121 @@ pub fn f32_to_bf16_bits_rne(x: f32) -> u16 {
     (lanes::f32_to_bf16_high(Scalar, x.to_bits()) >> 16) as u16
 }
 
+/// f64 → f32 rounding to odd: the truncation toward zero, with its last bit forced to 1 when
+/// the conversion was inexact. A later round-to-nearest into a format at least two bits shorter
+/// (f16, bf16) then gives the correctly rounded result of the original f64.
+fn f64_to_f32_round_to_odd(v: f64) -> f32 {
+    let r = v as f32;
+    if v.is_nan() || r as f64 == v {
+        return r;
+    }
+    // `r` is the nearest f32 (possibly ±inf); step back toward zero if it rounded away. `r` is
+    // not zero there (|r| > |v| >= 0), so decrementing its magnitude bits is the next f32 down.
+    let truncated = if (r as f64).abs() > v.abs() {
+        f32::from_bits(r.to_bits() - 1)
+    } else {
+        r
+    };
+    f32::from_bits(truncated.to_bits() | 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The nearest (ties to even) among a value's neighbours in `dtype`, found by comparing exact
+    /// distances: independent of any conversion routine.
+    fn nearest_by_distance(dtype: DType, v: f64) -> f64 {
+        let widen = |b: u16| match dtype {
+            DType::F16 => f16::from_bits(b).to_f64(),
+            _ => bf16::from_bits(b).to_f64(),
+        };
+        // A start within a few ulps: truncate through half's f32 path, then scan neighbours.
+        let start = match dtype {
+            DType::F16 => f16::from_f32(v as f32).to_bits(),
+            _ => bf16::from_f32(v as f32).to_bits(),
+        };
+        let sign = start & 0x8000;
+        let mag = start & 0x7FFF;
+        let inf = if dtype == DType::F16 { 0x7C00 } else { 0x7F80 };
+        let mut best: Option<(f64, u16)> = None;
+        for m in mag.saturating_sub(3)..=(mag + 3).min(inf) {
+            let c = widen(sign | m);
+            let d = if c.is_infinite() {
+                // inf is the rounding of everything at or past the halfway point above MAX
+                let max = widen(sign | (inf - 1));
+                let half_ulp = (max - widen(sign | (inf - 2))).abs() / 2.0;
+                if (v.abs() - max.abs()) >= half_ulp {
+                    0.0
+                } else {
+                    f64::INFINITY
+                }
+            } else {
+                (v - c).abs()
+            };
+            let better = match best {
+                None => true,
+                Some((bd, bm)) => d < bd || (d == bd && m % 2 == 0 && bm % 2 == 1),
+            };
+            if better {
+                best = Some((d, m));
+            }
+        }
+        widen(sign | best.unwrap().1)
+    }
+
+    #[test]
+    fn round_f64_is_one_correct_rounding() {
+        let mut x = 0x1234_5678_9ABC_DEF1u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let n = if cfg!(miri) { 200 } else { 200_000 };
+        for dtype in [DType::F16, DType::BF16] {
+            let (lo, hi) = if dtype == DType::F16 {
+                (-26, 17)
+            } else {
+                (-135, 129)
+            };
+            for i in 0..n {
+                let r = next();
+                let e = lo + (r % (hi - lo) as u64) as i32;
+                let mut v = (1.0 + (r >> 11) as f64 / (1u64 << 53) as f64) * 2f64.powi(e);
+                if i % 2 == 1 {
+                    // a halfway point between two neighbours, nudged by a few f64 ulps either way
+                    let inf = if dtype == DType::F16 {
+                        0x7C00u64
+                    } else {
+                        0x7F80
+                    };
+                    let m = (r % (inf - 1)) as u16;
+                    let widen = |b: u16| match dtype {
+                        DType::F16 => f16::from_bits(b).to_f64(),
+                        _ => bf16::from_bits(b).to_f64(),
+                    };
+                    let mid = (widen(m) + widen(m + 1)) / 2.0;
+                    let nudge = (r >> 60) as i64 - 8;
+                    v = f64::from_bits((mid.to_bits() as i64 + nudge) as u64);
+                }
+                for s in [v, -v] {
+                    assert_eq!(
+                        dtype.round_f64(s).to_bits(),
+                        nearest_by_distance(dtype, s).to_bits(),
+                        "{dtype:?} {s:e}"
+                    );
+                }
+            }
+        }
+        assert_eq!(DType::F32.round_f64(0.1), 0.1f32 as f64);
+        assert!(DType::BF16.round_f64(f64::NAN).is_nan());
+        assert_eq!(DType::BF16.round_f64(1e300), f64::INFINITY);
+        assert_eq!(DType::F16.round_f64(65519.9), 65504.0);
+        assert_eq!(DType::F16.round_f64(65520.0), f64::INFINITY);
+        assert_eq!(DType::BF16.round_f64(1e-300), 0.0);
+    }
 
     #[test]
     fn f16_widening_matches_half_for_every_pattern() {

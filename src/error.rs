@@ -85,6 +85,8 @@ pub enum Error {
     InvalidFactor(f64),
     /// A `clip_value` that is NaN or negative.
     InvalidClipValue(f64),
+    /// A loss scale that is not finite and > 0, or whose reciprocal is not finite in f32.
+    InvalidLossScale(f64),
     /// An output slice whose length does not match the number of buffers.
     LengthMismatch {
         /// The length that was needed.
@@ -108,7 +110,8 @@ impl PartialEq for Error {
             | (InvalidEps(a), InvalidEps(b))
             | (InvalidTotalNorm(a), InvalidTotalNorm(b))
             | (InvalidFactor(a), InvalidFactor(b))
-            | (InvalidClipValue(a), InvalidClipValue(b)) => same(*a, *b),
+            | (InvalidClipValue(a), InvalidClipValue(b))
+            | (InvalidLossScale(a), InvalidLossScale(b)) => same(*a, *b),
             (
                 LengthMismatch {
                     expected: e1,
@@ -158,6 +161,10 @@ impl fmt::Display for Error {
                 let v = Compact(*v);
                 write!(f, "invalid clip_value {v}: must be >= 0 and not NaN")
             }
+            Error::InvalidLossScale(v) => write!(
+                f,
+                "invalid loss scale {v}: must be finite and > 0, with 1/scale finite in f32"
+            ),
             Error::LengthMismatch { expected, got } => {
                 write!(f, "output length {got} does not match {expected} buffers")
             }

@@ -51,6 +51,8 @@ mod partial;
 // The public operations.
 mod clip;
 mod norm;
+// The fused mixed-precision step (uses the two above).
+mod amp;
 // Checks for bindings that build views from raw memory.
 pub mod overlap;
 // Oracles and rooflines for tests, fuzzing and benches.
@@ -59,6 +61,7 @@ pub mod reference;
 #[cfg(feature = "safetensors")]
 pub mod st;
 
+pub use amp::{unscale_clip_grad_norm_, unscale_clip_grad_norm_with_isa_, AmpReport};
 pub use arch::dispatch;
 pub use clip::{
     clip_coefficient, clip_grad_norm_, clip_grad_norm_with_isa_, clip_grad_value_,
@@ -74,6 +77,7 @@ pub use norm::{
     total_norm_partial,
 };
 pub use norm_type::NormType;
+pub use parallel::par_min_bytes;
 pub use partial::NormPartial;
 
 /// Elements per chunk of the reduction tree (the unit of parallel work and of determinism).

@@ -12,7 +12,8 @@ use crate::norm_type::NormType;
 use crate::parallel::reduce_set;
 use crate::partial::NormPartial;
 
-fn kernels(isa: Option<Isa>) -> Result<&'static Kernels, Error> {
+/// The kernel table for a forced ISA, or the selected one.
+pub(crate) fn kernels(isa: Option<Isa>) -> Result<&'static Kernels, Error> {
     match isa {
         None => Ok(Kernels::selected()),
         Some(isa) => Kernels::for_isa(isa).ok_or(Error::IsaUnavailable(isa)),

@@ -25,9 +25,11 @@ pub(crate) const PAR_MIN_BYTES: usize = 256 << 10;
 
 /// The fork threshold in force: [`PAR_MIN_BYTES`], or the environment variable
 /// `GRADCLIP_PAR_MIN_BYTES` read once on first use (for tuning on other machines). It only decides
-/// which nodes fork; the tree, and so every result bit, is the same for any value.
+/// which nodes fork; the tree, and so every result bit, is the same for any value. A set of
+/// buffers smaller than this runs entirely on the calling thread, so a binding can skip handing
+/// such a call to its thread pool.
 #[inline]
-pub(crate) fn par_min_bytes() -> usize {
+pub fn par_min_bytes() -> usize {
     static VALUE: OnceLock<usize> = OnceLock::new();
     *VALUE.get_or_init(|| {
         std::env::var("GRADCLIP_PAR_MIN_BYTES")

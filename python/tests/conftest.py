@@ -1,0 +1,146 @@
+"""Shared helpers: exact reference norms, dtype rounding through torch, gradient sets."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DTYPE_IDS = ["f32", "bf16", "f16"]
+
+
+def values_f64(tensors) -> np.ndarray:
+    """Every element of every tensor, widened exactly to float64, in order."""
+    if not tensors:
+        return np.zeros(0)
+    return np.concatenate([t.detach().reshape(-1).double().numpy() for t in tensors])
+
+
+def exact_norm(tensors, p) -> float:
+    """The norm of the exact real values, rounded to f64 (independent of gradclip).
+
+    L2 and L1: ``math.fsum`` is the correctly rounded sum of the exact squares (exact in f64 for
+    f32/f16/bf16 values) or magnitudes; the square root adds half an ulp. Integer p: an exact
+    integer sum of |x|^p scaled by 2^(p*149) and an integer p-th root with 64 spare bits.
+    ``inf``: the exact maximum. NaN if any NaN, inf if any inf (torch's convention).
+    """
+    v = values_f64(tensors)
+    if np.isnan(v).any():
+        return math.nan
+    if np.isinf(v).any():
+        return math.inf
+    a = np.abs(v)
+    if p == math.inf:
+        return float(a.max()) if a.size else 0.0
+    if p == 2:
+        return math.sqrt(math.fsum((a * a).tolist()))
+    if p == 1:
+        return math.fsum(a.tolist())
+    if float(p).is_integer():
+        p = int(p)
+        scale = 149  # every f32/f16/bf16 value is an integer multiple of 2^-149
+        total = sum(int(Fraction(x) * (1 << scale)) ** p for x in a.tolist())
+        if total == 0:
+            return 0.0
+        extra = 64
+        root = integer_root(total << (p * extra), p)  # floor((total * 2^(64p))^(1/p))
+        return float(Fraction(root, 1 << (scale + extra)))
+    raise ValueError(f"no exact reference for p = {p}")
+
+
+def integer_root(n: int, p: int) -> int:
+    """floor(n^(1/p)) for n >= 0 by Newton's method on integers."""
+    if n < 2:
+        return n
+    x = 1 << ((n.bit_length() + p - 1) // p)
+    while True:
+        y = ((p - 1) * x + n // x ** (p - 1)) // p
+        if y >= x:
+            return x
+        x = y
+
+
+def rel(a: float, b: float) -> float:
+    if a == b:
+        return 0.0
+    return abs(a - b) / abs(b)
+
+
+def scaled_reference(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``round_to_dtype(f32(x) * f32(factor))`` computed by torch (its f32 -> f16/bf16
+    conversions round to nearest even): the value gradclip must write, bit for bit."""
+    f = torch.tensor(factor, dtype=torch.float64).to(torch.float32)
+    return (x.float() * f).to(x.dtype)
+
+
+def clip_coef(max_norm: float, total: float) -> float:
+    """min(1, max_norm / (total + 1e-6)) in f64, NaN propagating (as gradclip and torch)."""
+    c = max_norm / (total + 1e-6)
+    return c if c != c else min(c, 1.0)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The bit patterns of a tensor, for exact comparison (NaN payloads included)."""
+    view = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+    return t.detach().contiguous().view(view[t.dtype]).clone()
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(bits(a), bits(b))
+
+
+def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-equal except that any NaN equals any NaN (payloads are not semantics)."""
+    if a.dtype != b.dtype or a.shape != b.shape or not torch.equal(a.isnan(), b.isnan()):
+        return False
+    keep = ~a.isnan()
+    return torch.equal(bits(a)[keep], bits(b)[keep])
+
+
+def nearest_in_dtype(exact: float, got: torch.Tensor) -> bool:
+    """True when ``got`` (0-dim, f16/bf16/f32) is a nearest value of its dtype to ``exact``."""
+    if math.isnan(exact):
+        return bool(torch.isnan(got))
+    g = float(got)
+    if math.isinf(g) or math.isinf(exact):
+        return g == exact or (math.isinf(g) and exact > float(torch.finfo(got.dtype).max))
+    step = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+    raw = got.reshape(1).view(step[got.dtype])
+    up = float((raw + 1).view(got.dtype))
+    down = float((raw - 1).view(got.dtype)) if g > 0 else -up
+    d = abs(Fraction(g) - Fraction(exact))
+    return d <= abs(Fraction(up) - Fraction(exact)) and d <= abs(Fraction(down) - Fraction(exact))
+
+
+def make_grads(shapes, dtype, seed=0, spread=6):
+    """Tensors of the given shapes with values spread over 2*spread binades."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for s in shapes:
+        x = torch.randn(s, generator=g, dtype=torch.float64)
+        e = torch.randint(-spread, spread + 1, s, generator=g).double()
+        out.append((x * torch.pow(2.0, e)).to(dtype))
+    return out
+
+
+def params_with(grads):
+    """Parameters whose .grad are (clones of) ``grads``."""
+    ps = []
+    for gr in grads:
+        p = torch.nn.Parameter(torch.zeros_like(gr))
+        p.grad = gr.clone()
+        ps.append(p)
+    return ps
+
+
+@pytest.fixture(autouse=True)
+def _default_threads():
+    import gradclip
+
+    gradclip.set_num_threads(0)
+    yield
+    gradclip.set_num_threads(0)
