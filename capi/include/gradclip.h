@@ -88,9 +88,9 @@ typedef enum {
      */
     GRADCLIP_ON_NONFINITE_ERROR = 0,
     /**
-     * Return `GRADCLIP_OK` with a report whose `total_norm` is NaN (a NaN was seen) or +inf,
-     * `clip_coef` 1 and `clipped` 0; fill `out_bad`; leave the gradients untouched (skip the
-     * step).
+     * Return `GRADCLIP_NONFINITE` (a NaN or +-inf was found, nothing written), fill `out_bad`,
+     * and also fill the report: `total_norm` NaN (a NaN was seen) or +inf, `clip_coef` 1,
+     * `clipped` 0. Mixed-precision trainers skip the optimizer step on this status.
      */
     GRADCLIP_ON_NONFINITE_SKIP = 1,
     /**
@@ -219,9 +219,11 @@ int gradclip_total_norm(const gradclip_grad *grads,
  * `gradclip_total_norm`; `policy` says what a NaN or +-inf does (see `gradclip_on_nonfinite`).
  * The same bits as the Rust `gradclip::clip_grad_norm_`.
  *
- * Returns `GRADCLIP_OK` with `*out` set (and, when a NaN or +-inf was found under the SKIP or
- * PROPAGATE policy, `*out_bad` set when `out_bad` is not NULL); `GRADCLIP_NONFINITE` under the
- * ERROR policy (`*out_bad` set, nothing else written); or an error, with nothing written.
+ * Returns `GRADCLIP_OK` with `*out` set (and, when a NaN or +-inf was found under the
+ * PROPAGATE policy, which writes NaN or 0 products as PyTorch does, `*out_bad` set when
+ * `out_bad` is not NULL); `GRADCLIP_NONFINITE` when a NaN or +-inf was found under the ERROR
+ * policy (`*out_bad` set, nothing else written) or the SKIP policy (`*out_bad` and `*out` set,
+ * no gradient written); or an error, with nothing written.
  *
  * # Safety
  * `grads` points to `n` descriptors (it may be NULL when `n` is 0), each describing `len`

@@ -67,9 +67,9 @@ pub enum gradclip_dtype {
 pub enum gradclip_on_nonfinite {
     /// Return `GRADCLIP_NONFINITE` (filling `out_bad`); write nothing else.
     GRADCLIP_ON_NONFINITE_ERROR = 0,
-    /// Return `GRADCLIP_OK` with a report whose `total_norm` is NaN (a NaN was seen) or +inf,
-    /// `clip_coef` 1 and `clipped` 0; fill `out_bad`; leave the gradients untouched (skip the
-    /// step).
+    /// Return `GRADCLIP_NONFINITE` (a NaN or +-inf was found, nothing written), fill `out_bad`,
+    /// and also fill the report: `total_norm` NaN (a NaN was seen) or +inf, `clip_coef` 1,
+    /// `clipped` 0. Mixed-precision trainers skip the optimizer step on this status.
     GRADCLIP_ON_NONFINITE_SKIP = 1,
     /// PyTorch's behaviour: `total_norm` is NaN or +inf, the coefficient NaN or 0, and every
     /// element is multiplied by it; returns `GRADCLIP_OK`, fills `out_bad`.
@@ -278,9 +278,11 @@ pub unsafe extern "C" fn gradclip_total_norm(
 /// `gradclip_total_norm`; `policy` says what a NaN or +-inf does (see `gradclip_on_nonfinite`).
 /// The same bits as the Rust `gradclip::clip_grad_norm_`.
 ///
-/// Returns `GRADCLIP_OK` with `*out` set (and, when a NaN or +-inf was found under the SKIP or
-/// PROPAGATE policy, `*out_bad` set when `out_bad` is not NULL); `GRADCLIP_NONFINITE` under the
-/// ERROR policy (`*out_bad` set, nothing else written); or an error, with nothing written.
+/// Returns `GRADCLIP_OK` with `*out` set (and, when a NaN or +-inf was found under the
+/// PROPAGATE policy, which writes NaN or 0 products as PyTorch does, `*out_bad` set when
+/// `out_bad` is not NULL); `GRADCLIP_NONFINITE` when a NaN or +-inf was found under the ERROR
+/// policy (`*out_bad` set, nothing else written) or the SKIP policy (`*out_bad` and `*out` set,
+/// no gradient written); or an error, with nothing written.
 ///
 /// # Safety
 /// `grads` points to `n` descriptors (it may be NULL when `n` is 0), each describing `len`
@@ -338,7 +340,14 @@ pub unsafe extern "C" fn gradclip_clip_grad_norm(
                         clipped: c_int::from(r.clipped),
                     });
                 }
-                Ok(GRADCLIP_OK)
+                // Under SKIP a non-finite element means "found, nothing written": the status
+                // says so. PROPAGATE wrote (NaN or 0 products), so it is a plain success.
+                let skipped = r.nonfinite.is_some() && on_nonfinite == Some(NonFinitePolicy::Skip);
+                Ok(if skipped {
+                    GRADCLIP_NONFINITE
+                } else {
+                    GRADCLIP_OK
+                })
             }
             // SAFETY: `out_bad` is NULL or aligned and writable (caller).
             Err(e) => Err(unsafe { fail(e, out_bad) }),

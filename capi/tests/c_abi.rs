@@ -329,6 +329,9 @@ fn expect(mut c: Case, sets: &[Set]) -> Case {
                     c.r[1] = rep.clip_coef.to_bits();
                     c.clipped = rep.clipped.into();
                     c.bad = rep.nonfinite;
+                    if rep.nonfinite.is_some() && options.on_nonfinite == NonFinitePolicy::Skip {
+                        c.status = 1; // GRADCLIP_NONFINITE: found, nothing written
+                    }
                 }
                 Err(e) => {
                     c.status = status(&e);

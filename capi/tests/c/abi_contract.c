@@ -319,11 +319,11 @@ static void test_nonfinite_and_overflow(void) {
     CHECK(untouched());
     bad.buffer = 7;
     CHECK(gradclip_clip_grad_norm(m, 3, 1.0, 2.0, GRADCLIP_ON_NONFINITE_SKIP, &rep, &bad) ==
-          GRADCLIP_OK);
+          GRADCLIP_NONFINITE);
     CHECK(isnan(rep.total_norm) && rep.clip_coef == 1.0 && rep.clipped == 0 && bad.buffer == 1);
     CHECK(untouched());
     CHECK(gradclip_clip_grad_norm(m + 1, 1, 1.0, 2.0, GRADCLIP_ON_NONFINITE_SKIP, &rep, NULL) ==
-          GRADCLIP_OK);
+          GRADCLIP_NONFINITE);
     CHECK(rep.total_norm == INFINITY && rep.clipped == 0);
     CHECK(gradclip_clip_grad_norm(m, 3, 1.0, 2.0, GRADCLIP_ON_NONFINITE_PROPAGATE, &rep, &bad) ==
           GRADCLIP_OK);
