@@ -39,6 +39,7 @@
 mod compensated;
 pub mod dtype;
 mod error;
+pub mod exact;
 mod grads;
 mod isa;
 mod lanes;
@@ -69,6 +70,10 @@ pub use clip::{
 };
 pub use dtype::{DType, Element};
 pub use error::{Error, NonFinite};
+pub use exact::{
+    exact_partial, exact_partial_with_isa, get_total_norm_exact, get_total_norm_exact_with_isa,
+    get_total_norm_with, ExactPartial, Summation,
+};
 pub use grads::{AsGrad, Grad, GradMut};
 pub use half::{bf16, f16};
 pub use isa::{Dispatch, Isa};

@@ -1,0 +1,435 @@
+//! The exact block kernel, written once and generic over an [`ExactBackend`] (16 f64 lanes and the
+//! widening loads of each dtype); see the module docs of [`crate::exact`] for the math.
+//!
+//! A chunk is cut into blocks of `B::BLOCK` elements. Per block:
+//! 1. one integer pass finds the largest and the smallest non-zero magnitude (as bit patterns);
+//! 2. [`Plan::new`] places K ≤ [`KMAX`] f64 bins so that the block's deposits stay exact, or
+//!    says that the block's dynamic range needs more bins (it then goes through [`bucket_block`],
+//!    an integer path, exact for any data);
+//! 3. [`bins`] deposits every element into the bins (lanes and elements in any order: the result
+//!    is exact, so no order matters);
+//! 4. each bin is flushed into the chunk's [`ChunkAcc`] as an exact integer: the bit pattern of
+//!    a bin minus the bit pattern of its starting value counts its units in the last place.
+//!
+//! Blocks holding NaN or ±inf are only classified; the chunk's partial then keeps flags only.
+
+use half::{bf16, f16};
+
+use super::accumulator::{ChunkAcc, ExactPartial, FLAG_INF, FLAG_NAN, KIND_L1, KIND_L2, LSB_EXP};
+use crate::dtype::Element;
+
+/// Elements per widening load: every backend turns 16 elements into 16 f64 lanes.
+pub(crate) const GROUP: usize = 16;
+/// Most bins the vector kernels place; blocks that need more take the integer path.
+pub(crate) const KMAX: usize = 3;
+
+/// 16 f64 lanes, the widening loads, and the block-bounds scan of one instruction set.
+///
+/// # Safety
+/// Implementors must compute every method exactly as documented, lane by lane, with IEEE
+/// round-to-nearest-even arithmetic: the exactness proof of the bins relies on it (the tests
+/// compare every backend with an integer reference, bit for bit).
+pub(crate) unsafe trait ExactBackend: Copy {
+    /// Sixteen f64 lanes.
+    type W: Copy;
+    /// Elements per block: the unit of the bounds scan and of a bins flush.
+    const BLOCK: usize;
+    /// The fewest 16-lane groups [`ExactBackend::run_bins`] uses for any K (sets the guard bits).
+    const MIN_U: usize;
+
+    fn splat(self, v: f64) -> Self::W;
+    fn add(self, a: Self::W, b: Self::W) -> Self::W;
+    fn sub(self, a: Self::W, b: Self::W) -> Self::W;
+    /// `a + x·x` with one rounding (the square of a widened element is exact in f64, so a fused
+    /// multiply-add and a multiply followed by an add agree).
+    fn sq_add(self, x: Self::W, a: Self::W) -> Self::W;
+    /// `x·x − d` with one rounding.
+    fn sq_sub(self, x: Self::W, d: Self::W) -> Self::W;
+    /// The 16 values of `g`, exactly widened (their magnitudes when `abs`), in any lane order.
+    fn widen_f32(self, g: &[f32; GROUP], abs: bool) -> Self::W;
+    fn widen_f16(self, g: &[f16; GROUP], abs: bool) -> Self::W;
+    fn widen_bf16(self, g: &[bf16; GROUP], abs: bool) -> Self::W;
+    /// Wrapping sum of the 16 lanes' bit patterns.
+    fn bits_sum(self, a: Self::W) -> u64;
+    /// Over 32-bit words: the largest `w & 0x7FFF_FFFF`, and the smallest
+    /// `(w & 0x7FFF_FFFF).wrapping_sub(1)` (so zeros count as `u32::MAX`). `(0, u32::MAX)` when
+    /// empty.
+    fn bounds_u32(self, d: &[u32]) -> (u32, u32);
+    /// The same over 16-bit words with the mask `0x7FFF`, widened to u32 (zeros count as
+    /// `u32::MAX`).
+    fn bounds_u16(self, d: &[u16]) -> (u32, u32);
+    /// Calls [`bins`] with the backend's number of 16-lane groups for `plan.k` bins.
+    fn run_bins<T: ExactElement, const SQ: bool>(
+        self,
+        block: &[T],
+        plan: &Plan,
+        acc: &mut ChunkAcc,
+    );
+}
+
+/// What the exact kernels need to know about a dtype.
+pub(crate) trait ExactElement: Element {
+    /// Stored fraction bits (23, 10, 7).
+    const FRAC_BITS: i32;
+    /// Exponent bias (127, 15, 127).
+    const EXP_BIAS: i32;
+
+    /// Block bounds through the backend's scan of the right word width.
+    fn bounds<B: ExactBackend>(be: B, d: &[Self]) -> (u32, u32);
+    /// The backend's widening load for this dtype.
+    fn widen<B: ExactBackend>(be: B, g: &[Self; GROUP], abs: bool) -> B::W;
+
+    /// `(E, m)` for magnitude bits `a`: the value is `m · 2^(E − EXP_BIAS − FRAC_BITS)`, with `m`
+    /// the integer significand (hidden bit included) and `E ≥ 1` (subnormals use `E = 1`).
+    #[inline(always)]
+    fn decompose(a: u32) -> (u32, u32) {
+        let e = a >> Self::FRAC_BITS;
+        let frac = a & ((1 << Self::FRAC_BITS) - 1);
+        if e == 0 {
+            (1, frac)
+        } else {
+            (e, frac | (1 << Self::FRAC_BITS))
+        }
+    }
+
+    /// `floor(log2(v))` of the non-zero magnitude with bits `a`.
+    #[inline(always)]
+    fn exponent(a: u32) -> i32 {
+        let (e, m) = Self::decompose(a);
+        // m ≥ 1: its highest set bit is FRAC_BITS for normals, lower for subnormals.
+        e as i32 - Self::EXP_BIAS - Self::FRAC_BITS + (31 - m.leading_zeros() as i32)
+    }
+
+    /// Exponent of the last place of the value with magnitude bits `a`.
+    #[inline(always)]
+    fn lsb(a: u32) -> i32 {
+        let (e, _) = Self::decompose(a);
+        e as i32 - Self::EXP_BIAS - Self::FRAC_BITS
+    }
+}
+
+impl ExactElement for f32 {
+    const FRAC_BITS: i32 = 23;
+    const EXP_BIAS: i32 = 127;
+    #[inline(always)]
+    fn bounds<B: ExactBackend>(be: B, d: &[Self]) -> (u32, u32) {
+        be.bounds_u32(bytemuck::cast_slice(d))
+    }
+    #[inline(always)]
+    fn widen<B: ExactBackend>(be: B, g: &[Self; GROUP], abs: bool) -> B::W {
+        be.widen_f32(g, abs)
+    }
+}
+
+impl ExactElement for f16 {
+    const FRAC_BITS: i32 = 10;
+    const EXP_BIAS: i32 = 15;
+    #[inline(always)]
+    fn bounds<B: ExactBackend>(be: B, d: &[Self]) -> (u32, u32) {
+        be.bounds_u16(bytemuck::cast_slice(d))
+    }
+    #[inline(always)]
+    fn widen<B: ExactBackend>(be: B, g: &[Self; GROUP], abs: bool) -> B::W {
+        be.widen_f16(g, abs)
+    }
+}
+
+impl ExactElement for bf16 {
+    const FRAC_BITS: i32 = 7;
+    const EXP_BIAS: i32 = 127;
+    #[inline(always)]
+    fn bounds<B: ExactBackend>(be: B, d: &[Self]) -> (u32, u32) {
+        be.bounds_u16(bytemuck::cast_slice(d))
+    }
+    #[inline(always)]
+    fn widen<B: ExactBackend>(be: B, g: &[Self; GROUP], abs: bool) -> B::W {
+        be.widen_bf16(g, abs)
+    }
+}
+
+/// `ceil(log2(n)) + 1` for `n ≥ 1`: guard bits for `n` deposits per lane.
+pub(crate) const fn guard_bits(n: usize) -> i32 {
+    (usize::BITS - (n - 1).leading_zeros()) as i32 + 1
+}
+
+/// Where a block's bins go.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Plan {
+    /// Number of bins, 1..=KMAX.
+    pub k: usize,
+    /// Starting value of each bin: 2^b0 for bin 0 (its deposits are non-negative), 1.5·2^bj for
+    /// the others (their deposits have either sign).
+    pub start: [f64; KMAX],
+    /// Position of each bin's unit in the last place, relative to 2^LSB_EXP.
+    pub pos: [u32; KMAX],
+}
+
+impl Plan {
+    /// Bins for a block whose largest magnitude has bits `max_bits` and smallest non-zero one
+    /// `min_bits`, deposited `2^(guard − 1)` times at most per lane; `None` when more than
+    /// [`KMAX`] bins would be needed.
+    ///
+    /// Terms are `x²` (SQ) or `|x|`. With every term below 2^T and a multiple of 2^L:
+    /// - bin 0 starts at 2^b0 with b0 = max(T + guard, L + 52): the block adds less than
+    ///   2^(b0−1) to it, so it never leaves [2^b0, 2^(b0+1)) and `t − A0` is exact;
+    /// - each deposit leaves a remainder of at most half a unit of the bin's last place, which
+    ///   cascades into bin j+1, placed 52 − guard bits lower (its deposits total less than a
+    ///   quarter of its binade, so it stays in it too);
+    /// - the last bin's unit is 2^L, so its additions are exact.
+    #[inline]
+    pub(crate) fn new<T: ExactElement, const SQ: bool>(
+        max_bits: u32,
+        min_bits: u32,
+        guard: i32,
+    ) -> Option<Plan> {
+        let scale = if SQ { 2 } else { 1 };
+        let t = scale * (T::exponent(max_bits) + 1);
+        let l = scale * T::lsb(min_bits);
+        let b0 = (t + guard).max(l + 52);
+        let step = 52 - guard;
+        let need = b0 - 52 - l;
+        let k = 1 + (need + step - 1) / step;
+        if k as usize > KMAX {
+            return None;
+        }
+        let k = k as usize;
+        let mut start = [0.0; KMAX];
+        let mut pos = [0; KMAX];
+        for j in 0..k {
+            let b = if j + 1 == k && j > 0 {
+                l + 52
+            } else {
+                b0 - j as i32 * step
+            };
+            start[j] = if j == 0 { pow2(b) } else { 1.5 * pow2(b) };
+            pos[j] = (b - 52 - LSB_EXP) as u32;
+        }
+        Some(Plan { k, start, pos })
+    }
+}
+
+#[inline(always)]
+fn pow2(e: i32) -> f64 {
+    f64::from_bits(((e + 1023) as u64) << 52)
+}
+
+/// One element group into the bins of set `u`: an error-free cascade, bin 0 first.
+#[inline(always)]
+fn deposit<B: ExactBackend, const SQ: bool, const K: usize, const U: usize>(
+    be: B,
+    a: &mut [[B::W; U]; K],
+    u: usize,
+    x: B::W,
+) {
+    let a0 = a[0][u];
+    let t = if SQ { be.sq_add(x, a0) } else { be.add(a0, x) };
+    if K == 1 {
+        a[0][u] = t;
+        return;
+    }
+    // t and a0 share a binade: the difference is exact, and so is the remainder.
+    let d = be.sub(t, a0);
+    let mut r = if SQ { be.sq_sub(x, d) } else { be.sub(x, d) };
+    a[0][u] = t;
+    for bin in a.iter_mut().take(K - 1).skip(1) {
+        let aj = bin[u];
+        let t = be.add(aj, r);
+        let d = be.sub(t, aj);
+        r = be.sub(r, d);
+        bin[u] = t;
+    }
+    a[K - 1][u] = be.add(a[K - 1][u], r);
+}
+
+/// Deposits every element of `block` into `K` bins of `U` sets of 16 lanes, then flushes the
+/// bins into `acc` as exact integers.
+#[inline(always)]
+pub(crate) fn bins<
+    B: ExactBackend,
+    T: ExactElement,
+    const SQ: bool,
+    const K: usize,
+    const U: usize,
+>(
+    be: B,
+    block: &[T],
+    plan: &Plan,
+    acc: &mut ChunkAcc,
+) {
+    debug_assert_eq!(plan.k, K);
+    debug_assert!(block.len() <= B::BLOCK && U >= B::MIN_U);
+    let mut a = [[be.splat(0.0); U]; K];
+    for (bin, &s) in a.iter_mut().zip(&plan.start) {
+        *bin = [be.splat(s); U];
+    }
+    let mut groups = block.chunks_exact(GROUP * U);
+    for g in &mut groups {
+        for u in 0..U {
+            let x: &[T; GROUP] = g[GROUP * u..GROUP * (u + 1)]
+                .try_into()
+                .expect("GROUP elements");
+            deposit::<B, SQ, K, U>(be, &mut a, u, T::widen(be, x, !SQ));
+        }
+    }
+    // Fewer than U groups left: group i goes to set i, so no lane takes more deposits than
+    // ceil(len / (16 U)). The last one is zero-padded (a zero deposit changes nothing).
+    for (u, g) in groups.remainder().chunks(GROUP).enumerate() {
+        let mut pad = [T::ZERO; GROUP];
+        pad[..g.len()].copy_from_slice(g);
+        deposit::<B, SQ, K, U>(be, &mut a, u, T::widen(be, &pad, !SQ));
+    }
+    for ((bin, &s), &pos) in a.iter().zip(&plan.start).zip(&plan.pos) {
+        // A bin and its start share a binade, so the difference of their bit patterns counts
+        // units in the last place; the wrapping sum over lanes is exact (|result| < 2^59).
+        let lanes = bin
+            .iter()
+            .fold(0u64, |s, &w| s.wrapping_add(be.bits_sum(w)));
+        let units = lanes.wrapping_sub(((GROUP * U) as u64).wrapping_mul(s.to_bits()));
+        acc.add_i64(units as i64, pos);
+    }
+}
+
+/// The exact integer path for blocks whose range needs more than [`KMAX`] bins: per exponent,
+/// the integer significands (or their squares) are summed in u64 (a 24-bit significand squared
+/// is below 2^48, so 2^16 of them fit), then each exponent's sum goes into `acc`.
+#[inline(never)]
+pub(crate) fn bucket_block<T: ExactElement, const SQ: bool>(block: &[T], acc: &mut ChunkAcc) {
+    debug_assert!(block.len() <= 1 << 16);
+    let mut sums = [[0u64; 256]; 2];
+    for pair in block.chunks(2) {
+        for (table, x) in sums.iter_mut().zip(pair) {
+            let (e, m) = T::decompose(x.abs_bits());
+            let m = m as u64;
+            table[e as usize & 0xFF] += if SQ { m * m } else { m };
+        }
+    }
+    let scale = if SQ { 2 } else { 1 };
+    for (e, (&s0, &s1)) in sums[0].iter().zip(&sums[1]).enumerate().skip(1) {
+        let lsb = e as i32 - T::EXP_BIAS - T::FRAC_BITS;
+        for s in [s0, s1] {
+            if s != 0 {
+                acc.add_u64(s, (scale * lsb - LSB_EXP) as u32);
+            }
+        }
+    }
+}
+
+/// Which non-finite values a block holds: [`FLAG_INF`] and/or [`FLAG_NAN`].
+fn classify<T: Element>(block: &[T]) -> u8 {
+    block.iter().fold(0, |f, x| {
+        let a = x.abs_bits();
+        f | if a > T::INF_BITS {
+            FLAG_NAN
+        } else if a == T::INF_BITS {
+            FLAG_INF
+        } else {
+            0
+        }
+    })
+}
+
+/// f32 bits of the magnitude with dtype bits `a` (every dtype widens exactly to f32).
+#[inline(always)]
+fn max_bits_f32<T: Element>(a: u32) -> u32 {
+    T::from_abs_bits(a).to_f32().to_bits()
+}
+
+/// The exact partial of `Σ x²` (SQ) or `Σ |x|` over a chunk.
+#[inline(always)]
+pub(crate) fn sum_chunk<B: ExactBackend, T: ExactElement, const SQ: bool>(
+    be: B,
+    data: &[T],
+) -> ExactPartial {
+    let kind = if SQ { KIND_L2 } else { KIND_L1 };
+    let guard = guard_bits(B::BLOCK / (GROUP * B::MIN_U));
+    let mut acc = ChunkAcc::ZERO;
+    let mut max = 0u32;
+    let mut flags = 0u8;
+    for block in data.chunks(B::BLOCK) {
+        let (hi, lo) = T::bounds(be, block);
+        if hi >= T::INF_BITS {
+            flags |= classify(block);
+            continue;
+        }
+        if flags != 0 || hi == 0 {
+            continue;
+        }
+        max = max.max(hi);
+        // lo + 1 is the smallest non-zero magnitude (there is one: hi > 0).
+        match Plan::new::<T, SQ>(hi, lo.wrapping_add(1), guard) {
+            Some(plan) => be.run_bins::<T, SQ>(block, &plan, &mut acc),
+            None => bucket_block::<T, SQ>(block, &mut acc),
+        }
+    }
+    if flags != 0 {
+        return ExactPartial::nonfinite(kind, flags);
+    }
+    ExactPartial::from_parts(kind, acc.normalized(), max_bits_f32::<T>(max))
+}
+
+/// The exact partial of `max |x|` over a chunk.
+#[inline(always)]
+pub(crate) fn max_chunk<B: ExactBackend, T: ExactElement>(be: B, data: &[T]) -> ExactPartial {
+    use super::accumulator::KIND_INF;
+    let mut max = 0u32;
+    let mut flags = 0u8;
+    for block in data.chunks(B::BLOCK) {
+        let (hi, _) = T::bounds(be, block);
+        if hi >= T::INF_BITS {
+            flags |= classify(block);
+        }
+        max = max.max(hi);
+    }
+    if flags != 0 {
+        return ExactPartial::nonfinite(KIND_INF, flags);
+    }
+    ExactPartial::from_parts(
+        KIND_INF,
+        [0; super::accumulator::LIMBS],
+        max_bits_f32::<T>(max),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_bits_round_up() {
+        assert_eq!(guard_bits(1), 1);
+        assert_eq!(guard_bits(2), 2);
+        assert_eq!(guard_bits(32), 6);
+        assert_eq!(guard_bits(33), 7);
+        assert_eq!(guard_bits(64), 7);
+    }
+
+    #[test]
+    fn exponent_and_lsb_of_each_dtype() {
+        assert_eq!(f32::exponent(1.0f32.to_bits()), 0);
+        assert_eq!(f32::exponent(f32::MAX.to_bits()), 127);
+        assert_eq!(f32::exponent(1), -149);
+        assert_eq!(f32::lsb(1), -149);
+        assert_eq!(f32::lsb(1.0f32.to_bits()), -23);
+        assert_eq!(f16::exponent(1), -24);
+        assert_eq!(f16::exponent(0x7BFF), 15);
+        assert_eq!(f16::lsb(0x3C00), -10);
+        assert_eq!(bf16::exponent(1), -133);
+        assert_eq!(bf16::lsb(0x3F80), -7);
+    }
+
+    #[test]
+    fn plans_cover_the_block() {
+        // f32 squares spanning 20 binades of |x| with 32 deposits per lane: two bins.
+        let hi = 1.5f32.to_bits();
+        let lo = (1.5f32 * 2f32.powi(-20)).to_bits();
+        let p = Plan::new::<f32, true>(hi, lo, guard_bits(32)).unwrap();
+        assert_eq!(p.k, 2);
+        // The last bin's unit is the lsb of the smallest square.
+        assert_eq!(p.pos[1] as i32 + LSB_EXP, 2 * f32::lsb(lo));
+        // bf16 squares over 14 binades: one bin.
+        let p = Plan::new::<bf16, true>(0x3F80, 0x3F80 - (14 << 7), guard_bits(32)).unwrap();
+        assert_eq!(p.k, 1);
+        // f32 over its whole range: too many bins.
+        assert!(Plan::new::<f32, true>(f32::MAX.to_bits(), 1, guard_bits(32)).is_none());
+    }
+}
