@@ -39,11 +39,12 @@
 mod compensated;
 pub mod dtype;
 mod error;
-pub mod exact;
 mod grads;
 mod isa;
 mod lanes;
 mod norm_type;
+// The exact accumulator and the exact block kernel's math.
+pub mod exact;
 // Kernels, per-chunk partials, the tree.
 mod arch;
 mod chunk;
@@ -51,6 +52,7 @@ mod parallel;
 mod partial;
 // The public operations.
 mod clip;
+mod exact_norm;
 mod norm;
 // The fused mixed-precision step (uses the two above).
 mod amp;
@@ -70,9 +72,10 @@ pub use clip::{
 };
 pub use dtype::{DType, Element};
 pub use error::{Error, NonFinite};
-pub use exact::{
+pub use exact::{ExactPartial, Summation};
+pub use exact_norm::{
     exact_partial, exact_partial_with_isa, get_total_norm_exact, get_total_norm_exact_with_isa,
-    get_total_norm_with, ExactPartial, Summation,
+    get_total_norm_with,
 };
 pub use grads::{AsGrad, Grad, GradMut};
 pub use half::{bf16, f16};

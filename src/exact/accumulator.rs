@@ -17,7 +17,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::norm::NormType;
+use crate::norm_type::NormType;
 
 /// Limbs of the long accumulator.
 pub(crate) const LIMBS: usize = 11;

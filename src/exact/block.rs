@@ -25,11 +25,13 @@ pub(crate) const KMAX: usize = 3;
 
 /// 16 f64 lanes, the widening loads, and the block-bounds scan of one instruction set.
 ///
-/// # Safety
-/// Implementors must compute every method exactly as documented, lane by lane, with IEEE
-/// round-to-nearest-even arithmetic: the exactness proof of the bins relies on it (the tests
-/// compare every backend with an integer reference, bit for bit).
-pub(crate) unsafe trait ExactBackend: Copy {
+/// Every method must compute exactly what it documents, lane by lane, with IEEE
+/// round-to-nearest-even arithmetic: the exactness of the bins rests on it, and the tests compare
+/// every backend with an integer reference bit for bit. It is a safe trait for the reason
+/// `crate::arch::generic` gives for its `Backend`: a wrong implementation gives wrong numbers,
+/// never undefined behaviour (methods take references and values, and each implementation holds
+/// a token that proved its CPU features).
+pub(crate) trait ExactBackend: Copy {
     /// Sixteen f64 lanes.
     type W: Copy;
     /// Elements per block: the unit of the bounds scan and of a bins flush.

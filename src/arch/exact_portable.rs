@@ -1,4 +1,5 @@
-//! The portable exact backend: sixteen f64 lanes as a plain array, safe code, every target.
+//! The portable instance of the exact kernels ([`crate::exact::block`]): sixteen f64 lanes as a
+//! plain array, safe code, every target.
 //!
 //! No fused multiply-add is needed (a software one would be slow on targets without it): the
 //! square of a widened element is exact in f64, so `a + x * x` rounds once, like a fused
@@ -6,13 +7,19 @@
 
 use half::{bf16, f16};
 
-use super::accumulator::{ChunkAcc, ExactPartial};
-use super::block::{self, ExactBackend, ExactElement, Plan, GROUP};
+use super::exact::{exact_table, ExactKernels};
+use super::portable::Portable;
 use crate::dtype::Element;
+use crate::exact::accumulator::ChunkAcc;
+use crate::exact::block::{self, ExactBackend, ExactElement, Plan, GROUP};
+use crate::isa::Isa;
 
-/// Token of the portable backend (no CPU feature required).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Portable;
+static EXACT_KERNELS: ExactKernels = exact_table!(Portable, Isa::Portable, [], token = Portable);
+
+/// The portable exact kernels (every CPU runs them).
+pub(super) fn exact_kernels() -> &'static ExactKernels {
+    &EXACT_KERNELS
+}
 
 type W = [f64; GROUP];
 
@@ -52,8 +59,7 @@ fn bounds_masked<const M: u32>(words: impl ExactSizeIterator<Item = u32> + Clone
     )
 }
 
-// SAFETY: every method is the plain IEEE operation its contract names, lane by lane.
-unsafe impl ExactBackend for Portable {
+impl ExactBackend for Portable {
     type W = W;
     const BLOCK: usize = 1024;
     const MIN_U: usize = 1;
@@ -115,24 +121,4 @@ unsafe impl ExactBackend for Portable {
             _ => block::bins::<Self, T, SQ, 3, 1>(self, block, plan, acc),
         }
     }
-}
-
-macro_rules! portable_entries {
-    ($( $sq:ident, $abs:ident, $max:ident : $t:ty ;)*) => {$(
-        pub(crate) fn $sq(d: &[$t]) -> ExactPartial {
-            block::sum_chunk::<Portable, $t, true>(Portable, d)
-        }
-        pub(crate) fn $abs(d: &[$t]) -> ExactPartial {
-            block::sum_chunk::<Portable, $t, false>(Portable, d)
-        }
-        pub(crate) fn $max(d: &[$t]) -> ExactPartial {
-            block::max_chunk::<Portable, $t>(Portable, d)
-        }
-    )*};
-}
-
-portable_entries! {
-    sum_sq_f32, sum_abs_f32, max_abs_f32: f32;
-    sum_sq_f16, sum_abs_f16, max_abs_f16: f16;
-    sum_sq_bf16, sum_abs_bf16, max_abs_bf16: bf16;
 }
