@@ -96,7 +96,9 @@ fn exact_kind(norm_type: NormType) -> Result<u8, Error> {
     ExactPartial::kind_of(nt).ok_or(Error::InvalidNormType { p: nt.exponent() })
 }
 
-fn partial_impl<G: AsGrad>(
+/// The exact partial of a set of buffers on `isa` (`None`: the selected ISA), stopping early on
+/// a non-finite chunk when `stop` is given.
+pub(crate) fn exact_partial_impl<G: AsGrad>(
     grads: &[G],
     norm_type: NormType,
     isa: Option<Isa>,
@@ -117,7 +119,7 @@ fn partial_impl<G: AsGrad>(
 ///
 /// P(p) norms have no exact partial: they return [`Error::InvalidNormType`].
 pub fn exact_partial<G: AsGrad>(grads: &[G], norm_type: NormType) -> Result<ExactPartial, Error> {
-    partial_impl(grads, norm_type, None, None)
+    exact_partial_impl(grads, norm_type, None, None)
 }
 
 /// [`exact_partial`] on a forced instruction set (for tests, fuzzing and benchmarks). Returns
@@ -127,7 +129,7 @@ pub fn exact_partial_with_isa<G: AsGrad>(
     norm_type: NormType,
     isa: Isa,
 ) -> Result<ExactPartial, Error> {
-    partial_impl(grads, norm_type, Some(isa), None)
+    exact_partial_impl(grads, norm_type, Some(isa), None)
 }
 
 /// The exact partial of the whole set, stopping at the first non-finite chunk (its flags then
@@ -138,7 +140,7 @@ pub(crate) fn short_circuit_exact<G: AsGrad>(
     isa: Option<Isa>,
 ) -> Result<ExactPartial, Error> {
     let stop = AtomicBool::new(false);
-    partial_impl(grads, norm_type, isa, Some(&stop))
+    exact_partial_impl(grads, norm_type, isa, Some(&stop))
 }
 
 fn exact_norm_impl<G: AsGrad>(

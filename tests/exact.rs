@@ -7,9 +7,10 @@ mod common;
 use common::Rng;
 use common::*;
 use gradclip::{
-    bf16, exact_partial, exact_partial_with_isa, f16, get_total_norm, get_total_norm_exact,
-    get_total_norm_exact_with_isa, get_total_norm_with, reference, Error, ExactPartial, Grad, Isa,
-    NormType, Summation, CHUNK_ELEMS,
+    bf16, clip_grad_norm_, clip_grad_norm_with_isa_, exact_partial, exact_partial_with_isa, f16,
+    get_total_norm, get_total_norm_exact, get_total_norm_exact_with_isa, get_total_norm_with,
+    reference, ClipOptions, Error, ExactPartial, Grad, GradMut, Isa, NonFinitePolicy, NormType,
+    Summation, CHUNK_ELEMS,
 };
 use proptest::prelude::*;
 
@@ -560,4 +561,107 @@ fn empty_partials() {
     assert_eq!(ExactPartial::EMPTY.merge(q), q);
     assert_eq!(q.finish(), 5.0);
     assert_eq!(q.max_abs(), 4.0);
+}
+
+fn exact_opts(nt: NormType) -> ClipOptions {
+    ClipOptions {
+        norm_type: nt,
+        summation: Summation::Exact,
+        ..ClipOptions::default()
+    }
+}
+
+#[test]
+fn clipping_in_exact_mode_gives_the_same_bits_for_any_split() {
+    let mut rng = Rng(21);
+    let v = gradient_like(&mut rng, sized(3 * CHUNK_ELEMS + 77));
+    let norm = get_total_norm_exact(&[Grad::from(&v)], NormType::L2).unwrap();
+    let mut whole = v.clone();
+    let r = clip_grad_norm_(
+        &mut [GradMut::from(&mut whole)],
+        norm / 3.0,
+        exact_opts(NormType::L2),
+    )
+    .unwrap();
+    assert_eq!(r.total_norm, norm);
+    assert!(r.clipped);
+    for k in [2, 3, 148] {
+        let cuts = cuts_for(v.len(), k, &mut rng);
+        for isa in Isa::available() {
+            let mut split = v.clone();
+            let mut views: Vec<GradMut<'_>> = Vec::new();
+            let mut rest: &mut [f32] = &mut split;
+            let mut at = 0;
+            for &c in &cuts {
+                let (a, b) = rest.split_at_mut(c - at);
+                views.push(GradMut::from(a));
+                rest = b;
+                at = c;
+            }
+            views.push(GradMut::from(rest));
+            let rs =
+                clip_grad_norm_with_isa_(&mut views, norm / 3.0, exact_opts(NormType::L2), isa)
+                    .unwrap();
+            assert_eq!(rs, r, "{k} pieces on {isa:?}");
+            drop(views);
+            assert!(
+                split
+                    .iter()
+                    .zip(&whole)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{k} pieces on {isa:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn exact_clip_options_follow_every_policy() {
+    let base = Rng(4).vec_f32(sized(200_000));
+    for nt in [NormType::L2, NormType::L1, NormType::Inf, NormType::P(3.0)] {
+        // Finite: the total is the exact norm (P: the compensated one), the clip the same.
+        let mut a = base.clone();
+        let r = clip_grad_norm_(&mut [GradMut::from(&mut a)], 0.5, exact_opts(nt)).unwrap();
+        assert_eq!(
+            r.total_norm,
+            get_total_norm_exact(&[Grad::from(&base)], nt).unwrap()
+        );
+        // Non-finite: the same report as the compensated mode for each policy.
+        for policy in [
+            NonFinitePolicy::Error,
+            NonFinitePolicy::Skip,
+            NonFinitePolicy::Propagate,
+        ] {
+            let mut e = base.clone();
+            let mut c = base.clone();
+            e[77] = f32::INFINITY;
+            c[77] = f32::INFINITY;
+            e[5000] = f32::NAN;
+            c[5000] = f32::NAN;
+            let oe = ClipOptions {
+                on_nonfinite: policy,
+                ..exact_opts(nt)
+            };
+            let oc = ClipOptions {
+                summation: Summation::Compensated,
+                ..oe
+            };
+            let re = clip_grad_norm_(&mut [GradMut::from(&mut e)], 0.5, oe);
+            let rc = clip_grad_norm_(&mut [GradMut::from(&mut c)], 0.5, oc);
+            match (&re, &rc) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a.nonfinite, b.nonfinite);
+                    assert_eq!(a.clipped, b.clipped);
+                    assert_eq!(
+                        a.total_norm.is_nan(),
+                        b.total_norm.is_nan(),
+                        "{nt:?} {policy:?}"
+                    );
+                }
+                _ => assert_eq!(re, rc, "{nt:?} {policy:?}"),
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&e), bits(&c), "{nt:?} {policy:?}");
+        }
+    }
 }
