@@ -1,5 +1,6 @@
-//! The portable instance of the exact kernels ([`crate::exact::block`]): sixteen f64 lanes as a
-//! plain array, safe code, every target.
+//! The portable instance of the exact kernels ([`crate::exact::block`]): four f64 lanes as a
+//! plain array (two SSE2 registers on baseline x86-64, so two or three bins and their operands
+//! stay in the sixteen registers), safe code, every target.
 //!
 //! No fused multiply-add is needed (a software one would be slow on targets without it): the
 //! square of a widened element is exact in f64, so `a + x * x` rounds once, like a fused
@@ -11,7 +12,7 @@ use super::exact::{exact_table, ExactKernels};
 use super::portable::Portable;
 use crate::dtype::Element;
 use crate::exact::accumulator::ChunkAcc;
-use crate::exact::block::{self, ExactBackend, ExactElement, Plan, GROUP};
+use crate::exact::block::{self, ExactBackend, ExactElement, Plan};
 use crate::isa::Isa;
 
 static EXACT_KERNELS: ExactKernels = exact_table!(Portable, Isa::Portable, [], token = Portable);
@@ -21,52 +22,73 @@ pub(super) fn exact_kernels() -> &'static ExactKernels {
     &EXACT_KERNELS
 }
 
-type W = [f64; GROUP];
+const LANES: usize = 4;
+type W = [f64; LANES];
 
 #[inline(always)]
 fn map2(a: W, b: W, f: impl Fn(f64, f64) -> f64) -> W {
-    let mut out = [0.0; GROUP];
-    for j in 0..GROUP {
+    let mut out = [0.0; LANES];
+    for j in 0..LANES {
         out[j] = f(a[j], b[j]);
     }
     out
 }
 
 #[inline(always)]
-fn widen<T: Element>(g: &[T; GROUP], abs: bool) -> W {
-    let mut out = [0.0; GROUP];
-    for j in 0..GROUP {
+fn widen<T: Element>(g: &[T], abs: bool) -> W {
+    let g: &[T; LANES] = g[..LANES].try_into().expect("LANES elements");
+    let mut out = [0.0; LANES];
+    for j in 0..LANES {
         let x = g[j].to_f32() as f64;
         out[j] = if abs { x.abs() } else { x };
     }
     out
 }
 
-/// Largest masked word and smallest `masked - 1` (wrapping), 16 independent lanes so the
-/// compiler vectorises the loop.
-#[inline(always)]
-fn bounds_masked<const M: u32>(words: impl ExactSizeIterator<Item = u32> + Clone) -> (u32, u32) {
-    let mut hi = [0u32; 16];
-    let mut lo = [u32::MAX; 16];
-    for (i, w) in words.enumerate() {
-        let a = w & M;
-        hi[i % 16] = hi[i % 16].max(a);
-        lo[i % 16] = lo[i % 16].min(a.wrapping_sub(1));
-    }
-    (
-        hi.iter().copied().max().unwrap_or(0),
-        lo.iter().copied().min().unwrap_or(u32::MAX),
-    )
+/// Largest magnitude (`w & MASK`) and smallest `magnitude − 1`, zeros counted as `u32::MAX`.
+///
+/// Written with signed lanes of the word's own width so that baseline x86-64 (SSE2, which has
+/// signed 16-bit max/min but no unsigned 32-bit ones) vectorises it cheaply: magnitudes are
+/// below the sign bit, and `(magnitude − 1) & MASK` maps zero to `MASK` (no non-zero magnitude
+/// maps there), keeping every key non-negative.
+macro_rules! bounds_signed {
+    ($name:ident, $w:ty, $s:ty, $mask:expr) => {
+        #[inline(always)]
+        fn $name(d: &[$w]) -> (u32, u32) {
+            const MASK: $w = $mask;
+            let mut hi = [0 as $s; 16];
+            let mut lo = [MASK as $s; 16];
+            let mut it = d.chunks_exact(16);
+            for g in &mut it {
+                for j in 0..16 {
+                    let a = g[j] & MASK;
+                    hi[j] = hi[j].max(a as $s);
+                    lo[j] = lo[j].min((a.wrapping_sub(1) & MASK) as $s);
+                }
+            }
+            for &w in it.remainder() {
+                let a = w & MASK;
+                hi[0] = hi[0].max(a as $s);
+                lo[0] = lo[0].min((a.wrapping_sub(1) & MASK) as $s);
+            }
+            let h = hi.iter().copied().fold(0, <$s>::max) as u32;
+            let l = lo.iter().copied().fold(MASK as $s, <$s>::min) as u32;
+            (h, if l == MASK as u32 { u32::MAX } else { l })
+        }
+    };
 }
+bounds_signed!(bounds_u32_signed, u32, i32, 0x7FFF_FFFF);
+bounds_signed!(bounds_u16_signed, u16, i16, 0x7FFF);
 
 impl ExactBackend for Portable {
     type W = W;
-    const BLOCK: usize = 1024;
-    const MIN_U: usize = 1;
+    const LANES: usize = LANES;
+    const BLOCK: usize = 512;
+    const MIN_U: usize = 2;
 
     #[inline(always)]
     fn splat(self, v: f64) -> W {
-        [v; GROUP]
+        [v; LANES]
     }
     #[inline(always)]
     fn add(self, a: W, b: W) -> W {
@@ -85,15 +107,15 @@ impl ExactBackend for Portable {
         map2(x, d, |x, d| x * x - d)
     }
     #[inline(always)]
-    fn widen_f32(self, g: &[f32; GROUP], abs: bool) -> W {
+    fn widen_f32(self, g: &[f32], abs: bool) -> W {
         widen(g, abs)
     }
     #[inline(always)]
-    fn widen_f16(self, g: &[f16; GROUP], abs: bool) -> W {
+    fn widen_f16(self, g: &[f16], abs: bool) -> W {
         widen(g, abs)
     }
     #[inline(always)]
-    fn widen_bf16(self, g: &[bf16; GROUP], abs: bool) -> W {
+    fn widen_bf16(self, g: &[bf16], abs: bool) -> W {
         widen(g, abs)
     }
     #[inline(always)]
@@ -102,11 +124,11 @@ impl ExactBackend for Portable {
     }
     #[inline(always)]
     fn bounds_u32(self, d: &[u32]) -> (u32, u32) {
-        bounds_masked::<0x7FFF_FFFF>(d.iter().copied())
+        bounds_u32_signed(d)
     }
     #[inline(always)]
     fn bounds_u16(self, d: &[u16]) -> (u32, u32) {
-        bounds_masked::<0x7FFF>(d.iter().map(|&w| w as u32))
+        bounds_u16_signed(d)
     }
     #[inline(always)]
     fn run_bins<T: ExactElement, const SQ: bool>(
@@ -116,9 +138,9 @@ impl ExactBackend for Portable {
         acc: &mut ChunkAcc,
     ) {
         match plan.k {
-            1 => block::bins::<Self, T, SQ, 1, 1>(self, block, plan, acc),
-            2 => block::bins::<Self, T, SQ, 2, 1>(self, block, plan, acc),
-            _ => block::bins::<Self, T, SQ, 3, 1>(self, block, plan, acc),
+            1 => block::bins::<Self, T, SQ, 1, 4>(self, block, plan, acc),
+            2 => block::bins::<Self, T, SQ, 2, 2>(self, block, plan, acc),
+            _ => block::bins::<Self, T, SQ, 3, 2>(self, block, plan, acc),
         }
     }
 }

@@ -18,12 +18,12 @@ use half::{bf16, f16};
 use super::accumulator::{ChunkAcc, ExactPartial, FLAG_INF, FLAG_NAN, KIND_L1, KIND_L2, LSB_EXP};
 use crate::dtype::Element;
 
-/// Elements per widening load: every backend turns 16 elements into 16 f64 lanes.
-pub(crate) const GROUP: usize = 16;
+/// The most f64 lanes a backend register set ([`ExactBackend::W`]) may hold.
+pub(crate) const MAX_LANES: usize = 16;
 /// Most bins the vector kernels place; blocks that need more take the integer path.
 pub(crate) const KMAX: usize = 3;
 
-/// 16 f64 lanes, the widening loads, and the block-bounds scan of one instruction set.
+/// A set of f64 lanes, the widening loads, and the block-bounds scan of one instruction set.
 ///
 /// Every method must compute exactly what it documents, lane by lane, with IEEE
 /// round-to-nearest-even arithmetic: the exactness of the bins rests on it, and the tests compare
@@ -32,11 +32,13 @@ pub(crate) const KMAX: usize = 3;
 /// never undefined behaviour (methods take references and values, and each implementation holds
 /// a token that proved its CPU features).
 pub(crate) trait ExactBackend: Copy {
-    /// Sixteen f64 lanes.
+    /// [`ExactBackend::LANES`] f64 lanes (one or several registers).
     type W: Copy;
+    /// f64 lanes in a [`ExactBackend::W`], at most [`MAX_LANES`].
+    const LANES: usize;
     /// Elements per block: the unit of the bounds scan and of a bins flush.
     const BLOCK: usize;
-    /// The fewest 16-lane groups [`ExactBackend::run_bins`] uses for any K (sets the guard bits).
+    /// The fewest lane sets [`ExactBackend::run_bins`] uses for any K (sets the guard bits).
     const MIN_U: usize;
 
     fn splat(self, v: f64) -> Self::W;
@@ -47,11 +49,13 @@ pub(crate) trait ExactBackend: Copy {
     fn sq_add(self, x: Self::W, a: Self::W) -> Self::W;
     /// `x·x − d` with one rounding.
     fn sq_sub(self, x: Self::W, d: Self::W) -> Self::W;
-    /// The 16 values of `g`, exactly widened (their magnitudes when `abs`), in any lane order.
-    fn widen_f32(self, g: &[f32; GROUP], abs: bool) -> Self::W;
-    fn widen_f16(self, g: &[f16; GROUP], abs: bool) -> Self::W;
-    fn widen_bf16(self, g: &[bf16; GROUP], abs: bool) -> Self::W;
-    /// Wrapping sum of the 16 lanes' bit patterns.
+    /// The first [`ExactBackend::LANES`] values of `g` (panics if shorter), exactly widened, in
+    /// any lane order: their magnitudes when `abs`, else the values or their magnitudes (only
+    /// squares are taken then).
+    fn widen_f32(self, g: &[f32], abs: bool) -> Self::W;
+    fn widen_f16(self, g: &[f16], abs: bool) -> Self::W;
+    fn widen_bf16(self, g: &[bf16], abs: bool) -> Self::W;
+    /// Wrapping sum of the lanes' bit patterns.
     fn bits_sum(self, a: Self::W) -> u64;
     /// Over 32-bit words: the largest `w & 0x7FFF_FFFF`, and the smallest
     /// `(w & 0x7FFF_FFFF).wrapping_sub(1)` (so zeros count as `u32::MAX`). `(0, u32::MAX)` when
@@ -60,7 +64,7 @@ pub(crate) trait ExactBackend: Copy {
     /// The same over 16-bit words with the mask `0x7FFF`, widened to u32 (zeros count as
     /// `u32::MAX`).
     fn bounds_u16(self, d: &[u16]) -> (u32, u32);
-    /// Calls [`bins`] with the backend's number of 16-lane groups for `plan.k` bins.
+    /// Calls [`bins`] with the backend's number of lane sets for `plan.k` bins.
     fn run_bins<T: ExactElement, const SQ: bool>(
         self,
         block: &[T],
@@ -79,7 +83,7 @@ pub(crate) trait ExactElement: Element {
     /// Block bounds through the backend's scan of the right word width.
     fn bounds<B: ExactBackend>(be: B, d: &[Self]) -> (u32, u32);
     /// The backend's widening load for this dtype.
-    fn widen<B: ExactBackend>(be: B, g: &[Self; GROUP], abs: bool) -> B::W;
+    fn widen<B: ExactBackend>(be: B, g: &[Self], abs: bool) -> B::W;
 
     /// `(E, m)` for magnitude bits `a`: the value is `m · 2^(E − EXP_BIAS − FRAC_BITS)`, with `m`
     /// the integer significand (hidden bit included) and `E ≥ 1` (subnormals use `E = 1`).
@@ -118,7 +122,7 @@ impl ExactElement for f32 {
         be.bounds_u32(bytemuck::cast_slice(d))
     }
     #[inline(always)]
-    fn widen<B: ExactBackend>(be: B, g: &[Self; GROUP], abs: bool) -> B::W {
+    fn widen<B: ExactBackend>(be: B, g: &[Self], abs: bool) -> B::W {
         be.widen_f32(g, abs)
     }
 }
@@ -131,7 +135,7 @@ impl ExactElement for f16 {
         be.bounds_u16(bytemuck::cast_slice(d))
     }
     #[inline(always)]
-    fn widen<B: ExactBackend>(be: B, g: &[Self; GROUP], abs: bool) -> B::W {
+    fn widen<B: ExactBackend>(be: B, g: &[Self], abs: bool) -> B::W {
         be.widen_f16(g, abs)
     }
 }
@@ -144,7 +148,7 @@ impl ExactElement for bf16 {
         be.bounds_u16(bytemuck::cast_slice(d))
     }
     #[inline(always)]
-    fn widen<B: ExactBackend>(be: B, g: &[Self; GROUP], abs: bool) -> B::W {
+    fn widen<B: ExactBackend>(be: B, g: &[Self], abs: bool) -> B::W {
         be.widen_bf16(g, abs)
     }
 }
@@ -215,7 +219,7 @@ fn pow2(e: i32) -> f64 {
     f64::from_bits(((e + 1023) as u64) << 52)
 }
 
-/// One element group into the bins of set `u`: an error-free cascade, bin 0 first.
+/// One register set of elements into the bins of set `u`: an error-free cascade, bin 0 first.
 #[inline(always)]
 fn deposit<B: ExactBackend, const SQ: bool, const K: usize, const U: usize>(
     be: B,
@@ -243,8 +247,8 @@ fn deposit<B: ExactBackend, const SQ: bool, const K: usize, const U: usize>(
     a[K - 1][u] = be.add(a[K - 1][u], r);
 }
 
-/// Deposits every element of `block` into `K` bins of `U` sets of 16 lanes, then flushes the
-/// bins into `acc` as exact integers.
+/// Deposits every element of `block` into `K` bins of `U` sets of lanes, then flushes the bins
+/// into `acc` as exact integers.
 #[inline(always)]
 pub(crate) fn bins<
     B: ExactBackend,
@@ -259,34 +263,33 @@ pub(crate) fn bins<
     acc: &mut ChunkAcc,
 ) {
     debug_assert_eq!(plan.k, K);
-    debug_assert!(block.len() <= B::BLOCK && U >= B::MIN_U);
+    debug_assert!(block.len() <= B::BLOCK && U >= B::MIN_U && B::LANES <= MAX_LANES);
+    let lanes = B::LANES;
     let mut a = [[be.splat(0.0); U]; K];
     for (bin, &s) in a.iter_mut().zip(&plan.start) {
         *bin = [be.splat(s); U];
     }
-    let mut groups = block.chunks_exact(GROUP * U);
+    let mut groups = block.chunks_exact(lanes * U);
     for g in &mut groups {
         for u in 0..U {
-            let x: &[T; GROUP] = g[GROUP * u..GROUP * (u + 1)]
-                .try_into()
-                .expect("GROUP elements");
-            deposit::<B, SQ, K, U>(be, &mut a, u, T::widen(be, x, !SQ));
+            let x = T::widen(be, &g[lanes * u..lanes * (u + 1)], !SQ);
+            deposit::<B, SQ, K, U>(be, &mut a, u, x);
         }
     }
-    // Fewer than U groups left: group i goes to set i, so no lane takes more deposits than
-    // ceil(len / (16 U)). The last one is zero-padded (a zero deposit changes nothing).
-    for (u, g) in groups.remainder().chunks(GROUP).enumerate() {
-        let mut pad = [T::ZERO; GROUP];
+    // Fewer than U sets' worth left: piece i goes to set i, so no lane takes more deposits than
+    // ceil(len / (LANES U)). The last piece is zero-padded (a zero deposit changes nothing).
+    for (u, g) in groups.remainder().chunks(lanes).enumerate() {
+        let mut pad = [T::ZERO; MAX_LANES];
         pad[..g.len()].copy_from_slice(g);
         deposit::<B, SQ, K, U>(be, &mut a, u, T::widen(be, &pad, !SQ));
     }
     for ((bin, &s), &pos) in a.iter().zip(&plan.start).zip(&plan.pos) {
         // A bin and its start share a binade, so the difference of their bit patterns counts
         // units in the last place; the wrapping sum over lanes is exact (|result| < 2^59).
-        let lanes = bin
+        let bits = bin
             .iter()
             .fold(0u64, |s, &w| s.wrapping_add(be.bits_sum(w)));
-        let units = lanes.wrapping_sub(((GROUP * U) as u64).wrapping_mul(s.to_bits()));
+        let units = bits.wrapping_sub(((lanes * U) as u64).wrapping_mul(s.to_bits()));
         acc.add_i64(units as i64, pos);
     }
 }
@@ -343,7 +346,7 @@ pub(crate) fn sum_chunk<B: ExactBackend, T: ExactElement, const SQ: bool>(
     data: &[T],
 ) -> ExactPartial {
     let kind = if SQ { KIND_L2 } else { KIND_L1 };
-    let guard = guard_bits(B::BLOCK / (GROUP * B::MIN_U));
+    let guard = guard_bits(B::BLOCK / (B::LANES * B::MIN_U));
     let mut acc = ChunkAcc::ZERO;
     let mut max = 0u32;
     let mut flags = 0u8;

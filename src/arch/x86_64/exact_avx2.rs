@@ -9,7 +9,7 @@ use half::{bf16, f16};
 use super::super::exact::{exact_table, ExactKernels};
 use super::Avx2;
 use crate::exact::accumulator::ChunkAcc;
-use crate::exact::block::{self, ExactBackend, ExactElement, Plan, GROUP};
+use crate::exact::block::{self, ExactBackend, ExactElement, Plan};
 use crate::isa::Isa;
 
 static EXACT_KERNELS: ExactKernels = exact_table!(
@@ -64,6 +64,7 @@ unsafe fn widen8(x: __m256, abs: bool) -> [__m256d; 2] {
 
 impl ExactBackend for Avx2 {
     type W = W;
+    const LANES: usize = 16;
     const BLOCK: usize = 1024;
     const MIN_U: usize = 1;
 
@@ -121,7 +122,8 @@ impl ExactBackend for Avx2 {
         }
     }
     #[inline(always)]
-    fn widen_f32(self, g: &[f32; GROUP], abs: bool) -> W {
+    fn widen_f32(self, g: &[f32], abs: bool) -> W {
+        let g: &[f32; 16] = g[..16].try_into().expect("16 elements");
         let p = g.as_ptr();
         // SAFETY: the token proves AVX; four loads of 4 floats cover exactly `g`.
         unsafe {
@@ -134,7 +136,8 @@ impl ExactBackend for Avx2 {
         }
     }
     #[inline(always)]
-    fn widen_f16(self, g: &[f16; GROUP], abs: bool) -> W {
+    fn widen_f16(self, g: &[f16], abs: bool) -> W {
+        let g: &[f16; 16] = g[..16].try_into().expect("16 elements");
         let p = g.as_ptr() as *const __m128i;
         // SAFETY: the token proves AVX/F16C; two loads of 8 halves cover exactly `g`.
         unsafe {
@@ -144,7 +147,8 @@ impl ExactBackend for Avx2 {
         }
     }
     #[inline(always)]
-    fn widen_bf16(self, g: &[bf16; GROUP], abs: bool) -> W {
+    fn widen_bf16(self, g: &[bf16], abs: bool) -> W {
+        let g: &[bf16; 16] = g[..16].try_into().expect("16 elements");
         // SAFETY: the token proves AVX2; one 32-byte load is exactly `g`. Even elements, then
         // odd ones: any lane order will do for an exact sum.
         unsafe {

@@ -12,7 +12,7 @@ use half::{bf16, f16};
 use super::super::exact::{exact_table, ExactKernels};
 use super::Avx512;
 use crate::exact::accumulator::ChunkAcc;
-use crate::exact::block::{self, ExactBackend, ExactElement, Plan, GROUP};
+use crate::exact::block::{self, ExactBackend, ExactElement, Plan};
 use crate::isa::Isa;
 
 static EXACT_KERNELS: ExactKernels = exact_table!(
@@ -61,6 +61,7 @@ unsafe fn widen8(x: __m256, abs: bool) -> __m512d {
 
 impl ExactBackend for Avx512 {
     type W = W;
+    const LANES: usize = 16;
     const BLOCK: usize = 2048;
     const MIN_U: usize = 4;
 
@@ -100,7 +101,8 @@ impl ExactBackend for Avx512 {
         }
     }
     #[inline(always)]
-    fn widen_f32(self, g: &[f32; GROUP], abs: bool) -> W {
+    fn widen_f32(self, g: &[f32], abs: bool) -> W {
+        let g: &[f32; 16] = g[..16].try_into().expect("16 elements");
         let p = g.as_ptr();
         // SAFETY: the token proves AVX-512F; two loads of 8 floats cover exactly `g`.
         unsafe {
@@ -111,7 +113,8 @@ impl ExactBackend for Avx512 {
         }
     }
     #[inline(always)]
-    fn widen_f16(self, g: &[f16; GROUP], abs: bool) -> W {
+    fn widen_f16(self, g: &[f16], abs: bool) -> W {
+        let g: &[f16; 16] = g[..16].try_into().expect("16 elements");
         // SAFETY: the token proves AVX-512F; one 32-byte load is exactly `g`.
         unsafe {
             let h = _mm512_cvtph_ps(_mm256_loadu_si256(g.as_ptr() as *const __m256i));
@@ -120,7 +123,8 @@ impl ExactBackend for Avx512 {
         }
     }
     #[inline(always)]
-    fn widen_bf16(self, g: &[bf16; GROUP], abs: bool) -> W {
+    fn widen_bf16(self, g: &[bf16], abs: bool) -> W {
+        let g: &[bf16; 16] = g[..16].try_into().expect("16 elements");
         // SAFETY: the token proves AVX-512F/AVX2; one 32-byte load is exactly `g`. Lanes hold
         // the even elements, then the odd ones: any order will do for an exact sum.
         unsafe {
