@@ -131,16 +131,21 @@ impl ExactBackend for Portable {
         bounds_u16_signed(d)
     }
     #[inline(always)]
+    fn prefetch<T>(self, _s: &[T], _i: usize) {
+        // The hardware prefetcher has to do (no stable prefetch hint here).
+    }
+    #[inline(always)]
     fn run_bins<T: ExactElement, const SQ: bool>(
         self,
         block: &[T],
+        next: &[T],
         plan: &Plan,
         acc: &mut ChunkAcc,
     ) {
         match plan.k {
-            1 => block::bins::<Self, T, SQ, 1, 4>(self, block, plan, acc),
-            2 => block::bins::<Self, T, SQ, 2, 2>(self, block, plan, acc),
-            _ => block::bins::<Self, T, SQ, 3, 2>(self, block, plan, acc),
+            1 => block::bins::<Self, T, SQ, 1, 4>(self, block, next, plan, acc),
+            2 => block::bins::<Self, T, SQ, 2, 2>(self, block, next, plan, acc),
+            _ => block::bins::<Self, T, SQ, 3, 2>(self, block, next, plan, acc),
         }
     }
 }

@@ -64,10 +64,15 @@ pub(crate) trait ExactBackend: Copy {
     /// The same over 16-bit words with the mask `0x7FFF`, widened to u32 (zeros count as
     /// `u32::MAX`).
     fn bounds_u16(self, d: &[u16]) -> (u32, u32);
+    /// Asks for the cache line holding `s[i]` (nothing when `i` is out of bounds). The bins
+    /// pass of a block prefetches the next block, so that memory keeps streaming while the
+    /// block computes (the bounds scan alone would leave it idle during the bins pass).
+    fn prefetch<T>(self, s: &[T], i: usize);
     /// Calls [`bins`] with the backend's number of lane sets for `plan.k` bins.
     fn run_bins<T: ExactElement, const SQ: bool>(
         self,
         block: &[T],
+        next: &[T],
         plan: &Plan,
         acc: &mut ChunkAcc,
     );
@@ -248,7 +253,7 @@ fn deposit<B: ExactBackend, const SQ: bool, const K: usize, const U: usize>(
 }
 
 /// Deposits every element of `block` into `K` bins of `U` sets of lanes, then flushes the bins
-/// into `acc` as exact integers.
+/// into `acc` as exact integers. Prefetches `next` (the following block) along the way.
 #[inline(always)]
 pub(crate) fn bins<
     B: ExactBackend,
@@ -259,6 +264,7 @@ pub(crate) fn bins<
 >(
     be: B,
     block: &[T],
+    next: &[T],
     plan: &Plan,
     acc: &mut ChunkAcc,
 ) {
@@ -270,7 +276,11 @@ pub(crate) fn bins<
         *bin = [be.splat(s); U];
     }
     let mut groups = block.chunks_exact(lanes * U);
-    for g in &mut groups {
+    let per_line = (64 / std::mem::size_of::<T>()).max(1);
+    for (j, g) in (&mut groups).enumerate() {
+        for line in (0..lanes * U).step_by(per_line) {
+            be.prefetch(next, j * lanes * U + line);
+        }
         for u in 0..U {
             let x = T::widen(be, &g[lanes * u..lanes * (u + 1)], !SQ);
             deposit::<B, SQ, K, U>(be, &mut a, u, x);
@@ -350,7 +360,9 @@ pub(crate) fn sum_chunk<B: ExactBackend, T: ExactElement, const SQ: bool>(
     let mut acc = ChunkAcc::ZERO;
     let mut max = 0u32;
     let mut flags = 0u8;
-    for block in data.chunks(B::BLOCK) {
+    let mut blocks = data.chunks(B::BLOCK).peekable();
+    while let Some(block) = blocks.next() {
+        let next = blocks.peek().copied().unwrap_or(&[]);
         let (hi, lo) = T::bounds(be, block);
         if hi >= T::INF_BITS {
             flags |= classify(block);
@@ -362,7 +374,7 @@ pub(crate) fn sum_chunk<B: ExactBackend, T: ExactElement, const SQ: bool>(
         max = max.max(hi);
         // lo + 1 is the smallest non-zero magnitude (there is one: hi > 0).
         match Plan::new::<T, SQ>(hi, lo.wrapping_add(1), guard) {
-            Some(plan) => be.run_bins::<T, SQ>(block, &plan, &mut acc),
+            Some(plan) => be.run_bins::<T, SQ>(block, next, &plan, &mut acc),
             None => bucket_block::<T, SQ>(block, &mut acc),
         }
     }

@@ -203,16 +203,21 @@ impl ExactBackend for Neon {
         }
     }
     #[inline(always)]
+    fn prefetch<T>(self, _s: &[T], _i: usize) {
+        // The hardware prefetcher has to do (no stable prefetch hint here).
+    }
+    #[inline(always)]
     fn run_bins<T: ExactElement, const SQ: bool>(
         self,
         block: &[T],
+        next: &[T],
         plan: &Plan,
         acc: &mut ChunkAcc,
     ) {
         match plan.k {
-            1 => block::bins::<Self, T, SQ, 1, 2>(self, block, plan, acc),
-            2 => block::bins::<Self, T, SQ, 2, 1>(self, block, plan, acc),
-            _ => block::bins::<Self, T, SQ, 3, 1>(self, block, plan, acc),
+            1 => block::bins::<Self, T, SQ, 1, 2>(self, block, next, plan, acc),
+            2 => block::bins::<Self, T, SQ, 2, 1>(self, block, next, plan, acc),
+            _ => block::bins::<Self, T, SQ, 3, 1>(self, block, next, plan, acc),
         }
     }
 }

@@ -226,16 +226,25 @@ impl ExactBackend for Avx512 {
         }
     }
     #[inline(always)]
+    fn prefetch<T>(self, s: &[T], i: usize) {
+        if i < s.len() {
+            // SAFETY: a prefetch never faults, and the address is inside `s` anyway; SSE is
+            // baseline on x86_64.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(s.as_ptr().add(i) as *const i8) }
+        }
+    }
+    #[inline(always)]
     fn run_bins<T: ExactElement, const SQ: bool>(
         self,
         block: &[T],
+        next: &[T],
         plan: &Plan,
         acc: &mut ChunkAcc,
     ) {
         match plan.k {
-            1 => block::bins::<Self, T, SQ, 1, 4>(self, block, plan, acc),
-            2 => block::bins::<Self, T, SQ, 2, 4>(self, block, plan, acc),
-            _ => block::bins::<Self, T, SQ, 3, 4>(self, block, plan, acc),
+            1 => block::bins::<Self, T, SQ, 1, 4>(self, block, next, plan, acc),
+            2 => block::bins::<Self, T, SQ, 2, 4>(self, block, next, plan, acc),
+            _ => block::bins::<Self, T, SQ, 3, 4>(self, block, next, plan, acc),
         }
     }
 }
