@@ -37,10 +37,12 @@ impl ExactKernels {
         }
     }
 
-    /// The table of the process-wide ISA ([`Isa::selected`]).
+    /// The table of the ISA the sums family runs on by default ([`super::dispatch`]): the exact
+    /// kernels are widening-bound like the compensated sums, so they follow the same rule (on a
+    /// CPU that splits AVX-512 into two halves, AVX2).
     #[inline]
     pub(crate) fn selected() -> &'static ExactKernels {
-        let isa = Kernels::selected().isa;
+        let isa = Kernels::selected().dispatch.sums;
         Self::for_isa(isa).unwrap_or(super::exact_portable::exact_kernels())
     }
 }
