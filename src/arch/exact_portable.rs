@@ -45,40 +45,28 @@ fn widen<T: Element>(g: &[T], abs: bool) -> W {
     out
 }
 
-/// Largest magnitude (`w & MASK`) and smallest `magnitude − 1`, zeros counted as `u32::MAX`.
-///
-/// Written with signed lanes of the word's own width so that baseline x86-64 (SSE2, which has
-/// signed 16-bit max/min but no unsigned 32-bit ones) vectorises it cheaply: magnitudes are
-/// below the sign bit, and `(magnitude − 1) & MASK` maps zero to `MASK` (no non-zero magnitude
-/// maps there), keeping every key non-negative.
-macro_rules! bounds_signed {
-    ($name:ident, $w:ty, $s:ty, $mask:expr) => {
-        #[inline(always)]
-        fn $name(d: &[$w]) -> (u32, u32) {
-            const MASK: $w = $mask;
-            let mut hi = [0 as $s; 16];
-            let mut lo = [MASK as $s; 16];
-            let mut it = d.chunks_exact(16);
-            for g in &mut it {
-                for j in 0..16 {
-                    let a = g[j] & MASK;
-                    hi[j] = hi[j].max(a as $s);
-                    lo[j] = lo[j].min((a.wrapping_sub(1) & MASK) as $s);
-                }
-            }
-            for &w in it.remainder() {
-                let a = w & MASK;
-                hi[0] = hi[0].max(a as $s);
-                lo[0] = lo[0].min((a.wrapping_sub(1) & MASK) as $s);
-            }
-            let h = hi.iter().copied().fold(0, <$s>::max) as u32;
-            let l = lo.iter().copied().fold(MASK as $s, <$s>::min) as u32;
-            (h, if l == MASK as u32 { u32::MAX } else { l })
-        }
-    };
+/// Bounds keys as signed lanes of 32 bits: magnitudes are below the sign bit, and
+/// `(magnitude − 1) & MASK` maps zero to `MASK` (no non-zero magnitude maps there), so every key
+/// is non-negative and signed max/min (which baseline x86-64 vectorises more cheaply than
+/// unsigned ones) order them like the magnitudes.
+#[inline(always)]
+fn bnd_keys(b: ([i32; LANES], [i32; LANES]), g: &[u32], mask: u32) -> ([i32; LANES], [i32; LANES]) {
+    let g: &[u32; LANES] = g[..LANES].try_into().expect("LANES words");
+    let (mut hi, mut lo) = b;
+    for j in 0..LANES {
+        let a = g[j] & mask;
+        hi[j] = hi[j].max(a as i32);
+        lo[j] = lo[j].min((a.wrapping_sub(1) & mask) as i32);
+    }
+    (hi, lo)
 }
-bounds_signed!(bounds_u32_signed, u32, i32, 0x7FFF_FFFF);
-bounds_signed!(bounds_u16_signed, u16, i16, 0x7FFF);
+
+#[inline(always)]
+fn bnd_done(b: ([i32; LANES], [i32; LANES]), mask: u32) -> (u32, u32) {
+    let h = b.0.iter().copied().fold(0, i32::max) as u32;
+    let l = b.1.iter().copied().fold(i32::MAX, i32::min) as u32 & mask;
+    (h, if l == mask { u32::MAX } else { l })
+}
 
 impl ExactBackend for Portable {
     type W = W;
@@ -122,13 +110,27 @@ impl ExactBackend for Portable {
     fn bits_sum(self, a: W) -> u64 {
         a.iter().fold(0u64, |s, x| s.wrapping_add(x.to_bits()))
     }
+    type Bnd = ([i32; LANES], [i32; LANES]);
     #[inline(always)]
-    fn bounds_u32(self, d: &[u32]) -> (u32, u32) {
-        bounds_u32_signed(d)
+    fn bnd_zero(self) -> Self::Bnd {
+        ([0; LANES], [i32::MAX; LANES])
     }
     #[inline(always)]
-    fn bounds_u16(self, d: &[u16]) -> (u32, u32) {
-        bounds_u16_signed(d)
+    fn bnd_u32(self, b: Self::Bnd, g: &[u32]) -> Self::Bnd {
+        bnd_keys(b, g, 0x7FFF_FFFF)
+    }
+    #[inline(always)]
+    fn bnd_u16(self, b: Self::Bnd, g: &[u16]) -> Self::Bnd {
+        let g: &[u16; LANES] = g[..LANES].try_into().expect("LANES halves");
+        bnd_keys(b, &g.map(u32::from), 0x7FFF)
+    }
+    #[inline(always)]
+    fn bnd_finish_u32(self, b: Self::Bnd) -> (u32, u32) {
+        bnd_done(b, 0x7FFF_FFFF)
+    }
+    #[inline(always)]
+    fn bnd_finish_u16(self, b: Self::Bnd) -> (u32, u32) {
+        bnd_done(b, 0x7FFF)
     }
     #[inline(always)]
     fn prefetch<T>(self, _s: &[T], _i: usize) {
@@ -139,13 +141,14 @@ impl ExactBackend for Portable {
         self,
         block: &[T],
         next: &[T],
+        ahead: &[T],
         plan: &Plan,
         acc: &mut ChunkAcc,
-    ) {
+    ) -> (u32, u32) {
         match plan.k {
-            1 => block::bins::<Self, T, SQ, 1, 4>(self, block, next, plan, acc),
-            2 => block::bins::<Self, T, SQ, 2, 2>(self, block, next, plan, acc),
-            _ => block::bins::<Self, T, SQ, 3, 2>(self, block, next, plan, acc),
+            1 => block::bins::<Self, T, SQ, 1, 4>(self, block, next, ahead, plan, acc),
+            2 => block::bins::<Self, T, SQ, 2, 2>(self, block, next, ahead, plan, acc),
+            _ => block::bins::<Self, T, SQ, 3, 2>(self, block, next, ahead, plan, acc),
         }
     }
 }

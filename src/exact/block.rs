@@ -2,7 +2,8 @@
 //! widening loads of each dtype); see the module docs of [`crate::exact`] for the math.
 //!
 //! A chunk is cut into blocks of `B::BLOCK` elements. Per block:
-//! 1. one integer pass finds the largest and the smallest non-zero magnitude (as bit patterns);
+//! 1. integer max/min over the bit patterns give the largest and the smallest non-zero
+//!    magnitude;
 //! 2. [`Plan::new`] places K ≤ [`KMAX`] f64 bins so that the block's deposits stay exact, or
 //!    says that the block's dynamic range needs more bins (it then goes through [`bucket_block`],
 //!    an integer path, exact for any data);
@@ -10,6 +11,11 @@
 //!    is exact, so no order matters);
 //! 4. each bin is flushed into the chunk's [`ChunkAcc`] as an exact integer: the bit pattern of
 //!    a bin minus the bit pattern of its starting value counts its units in the last place.
+//!
+//! Step 1 for block i + 1 runs inside the loop of step 3 for block i (software pipelining), and
+//! that loop also prefetches block i + 2: one stream of loads, so memory keeps streaming while a
+//! block computes. (A separate bounds pass per block measured 0.73–0.82 of the read roofline
+//! from memory, the pipelined loop with the prefetch 0.85–0.95, on the same contended host.)
 //!
 //! Blocks holding NaN or ±inf are only classified; the chunk's partial then keeps flags only.
 
@@ -57,25 +63,34 @@ pub(crate) trait ExactBackend: Copy {
     fn widen_bf16(self, g: &[bf16], abs: bool) -> Self::W;
     /// Wrapping sum of the lanes' bit patterns.
     fn bits_sum(self, a: Self::W) -> u64;
-    /// Over 32-bit words: the largest `w & 0x7FFF_FFFF`, and the smallest
-    /// `(w & 0x7FFF_FFFF).wrapping_sub(1)` (so zeros count as `u32::MAX`). `(0, u32::MAX)` when
-    /// empty.
-    fn bounds_u32(self, d: &[u32]) -> (u32, u32);
-    /// The same over 16-bit words with the mask `0x7FFF`, widened to u32 (zeros count as
-    /// `u32::MAX`).
-    fn bounds_u16(self, d: &[u16]) -> (u32, u32);
-    /// Asks for the cache line holding `s[i]` (nothing when `i` is out of bounds). The bins
-    /// pass of a block prefetches the next block, so that memory keeps streaming while the
-    /// block computes (the bounds scan alone would leave it idle during the bins pass).
+    /// Running bounds of a block: the largest magnitude bits and the smallest `magnitude − 1`
+    /// (wrapping, so zeros count as the maximum), in registers.
+    type Bnd: Copy;
+    /// Bounds of nothing: largest 0, smallest-minus-one all ones.
+    fn bnd_zero(self) -> Self::Bnd;
+    /// Folds the magnitudes `w & 0x7FFF_FFFF` of the first [`ExactBackend::LANES`] 32-bit words
+    /// of `g` (panics if shorter) into `b`.
+    fn bnd_u32(self, b: Self::Bnd, g: &[u32]) -> Self::Bnd;
+    /// Folds the magnitudes `w & 0x7FFF` of the first [`ExactBackend::LANES`] 16-bit words of
+    /// `g` (panics if shorter) into `b`.
+    fn bnd_u16(self, b: Self::Bnd, g: &[u16]) -> Self::Bnd;
+    /// `(largest magnitude, smallest magnitude − 1)` of 32-bit bounds; `u32::MAX` for the
+    /// second when every magnitude was zero.
+    fn bnd_finish_u32(self, b: Self::Bnd) -> (u32, u32);
+    /// The same for 16-bit bounds (zeros still count as `u32::MAX`).
+    fn bnd_finish_u16(self, b: Self::Bnd) -> (u32, u32);
+    /// Asks for the cache line holding `s[i]` to be brought towards the core (nothing when `i`
+    /// is out of bounds); the bins loop prefetches two blocks ahead.
     fn prefetch<T>(self, s: &[T], i: usize);
     /// Calls [`bins`] with the backend's number of lane sets for `plan.k` bins.
     fn run_bins<T: ExactElement, const SQ: bool>(
         self,
         block: &[T],
         next: &[T],
+        ahead: &[T],
         plan: &Plan,
         acc: &mut ChunkAcc,
-    );
+    ) -> (u32, u32);
 }
 
 /// What the exact kernels need to know about a dtype.
@@ -85,8 +100,10 @@ pub(crate) trait ExactElement: Element {
     /// Exponent bias (127, 15, 127).
     const EXP_BIAS: i32;
 
-    /// Block bounds through the backend's scan of the right word width.
-    fn bounds<B: ExactBackend>(be: B, d: &[Self]) -> (u32, u32);
+    /// Folds the first `B::LANES` elements of `g` into the running bounds `b`.
+    fn bnd<B: ExactBackend>(be: B, b: B::Bnd, g: &[Self]) -> B::Bnd;
+    /// The finished bounds of the element's word width.
+    fn bnd_finish<B: ExactBackend>(be: B, b: B::Bnd) -> (u32, u32);
     /// The backend's widening load for this dtype.
     fn widen<B: ExactBackend>(be: B, g: &[Self], abs: bool) -> B::W;
 
@@ -123,8 +140,12 @@ impl ExactElement for f32 {
     const FRAC_BITS: i32 = 23;
     const EXP_BIAS: i32 = 127;
     #[inline(always)]
-    fn bounds<B: ExactBackend>(be: B, d: &[Self]) -> (u32, u32) {
-        be.bounds_u32(bytemuck::cast_slice(d))
+    fn bnd<B: ExactBackend>(be: B, b: B::Bnd, g: &[Self]) -> B::Bnd {
+        be.bnd_u32(b, bytemuck::cast_slice(g))
+    }
+    #[inline(always)]
+    fn bnd_finish<B: ExactBackend>(be: B, b: B::Bnd) -> (u32, u32) {
+        be.bnd_finish_u32(b)
     }
     #[inline(always)]
     fn widen<B: ExactBackend>(be: B, g: &[Self], abs: bool) -> B::W {
@@ -136,8 +157,12 @@ impl ExactElement for f16 {
     const FRAC_BITS: i32 = 10;
     const EXP_BIAS: i32 = 15;
     #[inline(always)]
-    fn bounds<B: ExactBackend>(be: B, d: &[Self]) -> (u32, u32) {
-        be.bounds_u16(bytemuck::cast_slice(d))
+    fn bnd<B: ExactBackend>(be: B, b: B::Bnd, g: &[Self]) -> B::Bnd {
+        be.bnd_u16(b, bytemuck::cast_slice(g))
+    }
+    #[inline(always)]
+    fn bnd_finish<B: ExactBackend>(be: B, b: B::Bnd) -> (u32, u32) {
+        be.bnd_finish_u16(b)
     }
     #[inline(always)]
     fn widen<B: ExactBackend>(be: B, g: &[Self], abs: bool) -> B::W {
@@ -149,8 +174,12 @@ impl ExactElement for bf16 {
     const FRAC_BITS: i32 = 7;
     const EXP_BIAS: i32 = 127;
     #[inline(always)]
-    fn bounds<B: ExactBackend>(be: B, d: &[Self]) -> (u32, u32) {
-        be.bounds_u16(bytemuck::cast_slice(d))
+    fn bnd<B: ExactBackend>(be: B, b: B::Bnd, g: &[Self]) -> B::Bnd {
+        be.bnd_u16(b, bytemuck::cast_slice(g))
+    }
+    #[inline(always)]
+    fn bnd_finish<B: ExactBackend>(be: B, b: B::Bnd) -> (u32, u32) {
+        be.bnd_finish_u16(b)
     }
     #[inline(always)]
     fn widen<B: ExactBackend>(be: B, g: &[Self], abs: bool) -> B::W {
@@ -252,8 +281,38 @@ fn deposit<B: ExactBackend, const SQ: bool, const K: usize, const U: usize>(
     a[K - 1][u] = be.add(a[K - 1][u], r);
 }
 
+/// Folds the pieces `from..` (of `B::LANES` elements, the last one zero-padded) of `d` into `b`.
+#[inline(always)]
+fn bnd_pieces<B: ExactBackend, T: ExactElement>(
+    be: B,
+    mut b: B::Bnd,
+    d: &[T],
+    from: usize,
+) -> B::Bnd {
+    let rest = d.get(from * B::LANES..).unwrap_or(&[]);
+    let mut pieces = rest.chunks_exact(B::LANES);
+    for g in &mut pieces {
+        b = T::bnd(be, b, g);
+    }
+    let tail = pieces.remainder();
+    if !tail.is_empty() {
+        let mut pad = [T::ZERO; MAX_LANES];
+        pad[..tail.len()].copy_from_slice(tail);
+        b = T::bnd(be, b, &pad);
+    }
+    b
+}
+
+/// `(largest magnitude bits, smallest magnitude bits − 1)` of a block (zeros ignored by the
+/// second; `(0, u32::MAX)` when all are zero), as the dtype's bits.
+#[inline(always)]
+pub(crate) fn bounds<B: ExactBackend, T: ExactElement>(be: B, d: &[T]) -> (u32, u32) {
+    T::bnd_finish(be, bnd_pieces(be, be.bnd_zero(), d, 0))
+}
+
 /// Deposits every element of `block` into `K` bins of `U` sets of lanes, then flushes the bins
-/// into `acc` as exact integers. Prefetches `next` (the following block) along the way.
+/// into `acc` as exact integers. Along the way it computes the bounds of `next` (the following
+/// block, returned) and prefetches `ahead` (the one after).
 #[inline(always)]
 pub(crate) fn bins<
     B: ExactBackend,
@@ -265,9 +324,10 @@ pub(crate) fn bins<
     be: B,
     block: &[T],
     next: &[T],
+    ahead: &[T],
     plan: &Plan,
     acc: &mut ChunkAcc,
-) {
+) -> (u32, u32) {
     debug_assert_eq!(plan.k, K);
     debug_assert!(block.len() <= B::BLOCK && U >= B::MIN_U && B::LANES <= MAX_LANES);
     let lanes = B::LANES;
@@ -275,13 +335,20 @@ pub(crate) fn bins<
     for (bin, &s) in a.iter_mut().zip(&plan.start) {
         *bin = [be.splat(s); U];
     }
-    let mut groups = block.chunks_exact(lanes * U);
+    let mut nb = be.bnd_zero();
+    let next_full = next.len() / lanes;
     let per_line = (64 / std::mem::size_of::<T>()).max(1);
+    let mut groups = block.chunks_exact(lanes * U);
+    let mut piece = 0;
     for (j, g) in (&mut groups).enumerate() {
         for line in (0..lanes * U).step_by(per_line) {
-            be.prefetch(next, j * lanes * U + line);
+            be.prefetch(ahead, j * lanes * U + line);
         }
         for u in 0..U {
+            if piece < next_full {
+                nb = T::bnd(be, nb, &next[piece * lanes..(piece + 1) * lanes]);
+                piece += 1;
+            }
             let x = T::widen(be, &g[lanes * u..lanes * (u + 1)], !SQ);
             deposit::<B, SQ, K, U>(be, &mut a, u, x);
         }
@@ -302,6 +369,7 @@ pub(crate) fn bins<
         let units = bits.wrapping_sub(((lanes * U) as u64).wrapping_mul(s.to_bits()));
         acc.add_i64(units as i64, pos);
     }
+    T::bnd_finish(be, bnd_pieces(be, nb, next, piece))
 }
 
 /// The exact integer path for blocks whose range needs more than [`KMAX`] bins: per exponent,
@@ -360,23 +428,29 @@ pub(crate) fn sum_chunk<B: ExactBackend, T: ExactElement, const SQ: bool>(
     let mut acc = ChunkAcc::ZERO;
     let mut max = 0u32;
     let mut flags = 0u8;
-    let mut blocks = data.chunks(B::BLOCK).peekable();
-    while let Some(block) = blocks.next() {
-        let next = blocks.peek().copied().unwrap_or(&[]);
-        let (hi, lo) = T::bounds(be, block);
+    let block_at = |i: usize| {
+        let start = (i * B::BLOCK).min(data.len());
+        &data[start..(start + B::BLOCK).min(data.len())]
+    };
+    let mut cur = bounds(be, block_at(0));
+    for i in 0..data.len().div_ceil(B::BLOCK) {
+        let (block, next) = (block_at(i), block_at(i + 1));
+        let (hi, lo) = cur;
+        let mut next_bounds = None;
         if hi >= T::INF_BITS {
             flags |= classify(block);
-            continue;
+        } else if flags == 0 && hi != 0 {
+            max = max.max(hi);
+            // lo + 1 is the smallest non-zero magnitude (there is one: hi > 0).
+            match Plan::new::<T, SQ>(hi, lo.wrapping_add(1), guard) {
+                Some(plan) => {
+                    let ahead = block_at(i + 2);
+                    next_bounds = Some(be.run_bins::<T, SQ>(block, next, ahead, &plan, &mut acc));
+                }
+                None => bucket_block::<T, SQ>(block, &mut acc),
+            }
         }
-        if flags != 0 || hi == 0 {
-            continue;
-        }
-        max = max.max(hi);
-        // lo + 1 is the smallest non-zero magnitude (there is one: hi > 0).
-        match Plan::new::<T, SQ>(hi, lo.wrapping_add(1), guard) {
-            Some(plan) => be.run_bins::<T, SQ>(block, next, &plan, &mut acc),
-            None => bucket_block::<T, SQ>(block, &mut acc),
-        }
+        cur = next_bounds.unwrap_or_else(|| bounds(be, next));
     }
     if flags != 0 {
         return ExactPartial::nonfinite(kind, flags);
@@ -391,7 +465,7 @@ pub(crate) fn max_chunk<B: ExactBackend, T: ExactElement>(be: B, data: &[T]) -> 
     let mut max = 0u32;
     let mut flags = 0u8;
     for block in data.chunks(B::BLOCK) {
-        let (hi, _) = T::bounds(be, block);
+        let (hi, _) = bounds(be, block);
         if hi >= T::INF_BITS {
             flags |= classify(block);
         }

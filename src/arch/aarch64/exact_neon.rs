@@ -145,62 +145,57 @@ impl ExactBackend for Neon {
             vgetq_lane_u64::<0>(s).wrapping_add(vgetq_lane_u64::<1>(s))
         }
     }
+    type Bnd = [uint32x4_t; 2];
     #[inline(always)]
-    fn bounds_u32(self, d: &[u32]) -> (u32, u32) {
-        // SAFETY: NEON is baseline on aarch64; each load of 4 words stays inside its 16-word
-        // group of `d`.
+    fn bnd_zero(self) -> Self::Bnd {
+        // SAFETY: NEON is baseline on aarch64.
+        unsafe { [vdupq_n_u32(0), vdupq_n_u32(u32::MAX)] }
+    }
+    #[inline(always)]
+    fn bnd_u32(self, b: Self::Bnd, g: &[u32]) -> Self::Bnd {
+        let g: &[u32; 16] = g[..16].try_into().expect("16 words");
+        let [mut hi, mut lo] = b;
+        // SAFETY: NEON is baseline on aarch64; four loads of 4 words cover exactly `g`.
         unsafe {
-            let mask = vdupq_n_u32(0x7FFF_FFFF);
-            let one = vdupq_n_u32(1);
-            let mut hi = [vdupq_n_u32(0); 4];
-            let mut lo = [vdupq_n_u32(u32::MAX); 4];
-            let mut it = d.chunks_exact(16);
-            for g in &mut it {
-                for k in 0..4 {
-                    let a = vandq_u32(vld1q_u32(g.as_ptr().add(4 * k)), mask);
-                    hi[k] = vmaxq_u32(hi[k], a);
-                    lo[k] = vminq_u32(lo[k], vsubq_u32(a, one));
-                }
+            for k in 0..4 {
+                let a = vandq_u32(vld1q_u32(g.as_ptr().add(4 * k)), vdupq_n_u32(0x7FFF_FFFF));
+                hi = vmaxq_u32(hi, a);
+                lo = vminq_u32(lo, vsubq_u32(a, vdupq_n_u32(1)));
             }
-            let h = vmaxq_u32(vmaxq_u32(hi[0], hi[1]), vmaxq_u32(hi[2], hi[3]));
-            let l = vminq_u32(vminq_u32(lo[0], lo[1]), vminq_u32(lo[2], lo[3]));
-            let (mut h, mut l) = (vmaxvq_u32(h), vminvq_u32(l));
-            for &w in it.remainder() {
-                let a = w & 0x7FFF_FFFF;
-                h = h.max(a);
-                l = l.min(a.wrapping_sub(1));
+        }
+        [hi, lo]
+    }
+    #[inline(always)]
+    fn bnd_u16(self, b: Self::Bnd, g: &[u16]) -> Self::Bnd {
+        let g: &[u16; 16] = g[..16].try_into().expect("16 halves");
+        // SAFETY: NEON is baseline on aarch64; two loads of 8 halves cover exactly `g`. The
+        // registers are read as eight 16-bit lanes.
+        unsafe {
+            let mut hi = vreinterpretq_u16_u32(b[0]);
+            let mut lo = vreinterpretq_u16_u32(b[1]);
+            for k in 0..2 {
+                let a = vandq_u16(vld1q_u16(g.as_ptr().add(8 * k)), vdupq_n_u16(0x7FFF));
+                hi = vmaxq_u16(hi, a);
+                lo = vminq_u16(lo, vsubq_u16(a, vdupq_n_u16(1)));
             }
-            (h, l)
+            [vreinterpretq_u32_u16(hi), vreinterpretq_u32_u16(lo)]
         }
     }
     #[inline(always)]
-    fn bounds_u16(self, d: &[u16]) -> (u32, u32) {
-        // SAFETY: NEON is baseline on aarch64; each load of 8 halves stays inside its
-        // 32-element group of `d`.
-        unsafe {
-            let mask = vdupq_n_u16(0x7FFF);
-            let one = vdupq_n_u16(1);
-            let mut hi = [vdupq_n_u16(0); 4];
-            let mut lo = [vdupq_n_u16(u16::MAX); 4];
-            let mut it = d.chunks_exact(32);
-            for g in &mut it {
-                for k in 0..4 {
-                    let a = vandq_u16(vld1q_u16(g.as_ptr().add(8 * k)), mask);
-                    hi[k] = vmaxq_u16(hi[k], a);
-                    lo[k] = vminq_u16(lo[k], vsubq_u16(a, one));
-                }
-            }
-            let h = vmaxq_u16(vmaxq_u16(hi[0], hi[1]), vmaxq_u16(hi[2], hi[3]));
-            let l = vminq_u16(vminq_u16(lo[0], lo[1]), vminq_u16(lo[2], lo[3]));
-            let (mut h, mut l) = (vmaxvq_u16(h) as u32, vminvq_u16(l) as u32);
-            for &w in it.remainder() {
-                let a = (w & 0x7FFF) as u32;
-                h = h.max(a);
-                l = l.min(a.wrapping_sub(1) & 0xFFFF);
-            }
-            // Zeros count as u32::MAX, as the trait asks (here they are 0xFFFF).
-            (h, if l == 0xFFFF { u32::MAX } else { l })
-        }
+    fn bnd_finish_u32(self, b: Self::Bnd) -> (u32, u32) {
+        // SAFETY: NEON is baseline on aarch64.
+        unsafe { (vmaxvq_u32(b[0]), vminvq_u32(b[1])) }
+    }
+    #[inline(always)]
+    fn bnd_finish_u16(self, b: Self::Bnd) -> (u32, u32) {
+        // SAFETY: NEON is baseline on aarch64.
+        let (h, l) = unsafe {
+            (
+                vmaxvq_u16(vreinterpretq_u16_u32(b[0])),
+                vminvq_u16(vreinterpretq_u16_u32(b[1])),
+            )
+        };
+        (h as u32, if l == u16::MAX { u32::MAX } else { l as u32 })
     }
     #[inline(always)]
     fn prefetch<T>(self, _s: &[T], _i: usize) {
@@ -211,13 +206,14 @@ impl ExactBackend for Neon {
         self,
         block: &[T],
         next: &[T],
+        ahead: &[T],
         plan: &Plan,
         acc: &mut ChunkAcc,
-    ) {
+    ) -> (u32, u32) {
         match plan.k {
-            1 => block::bins::<Self, T, SQ, 1, 2>(self, block, next, plan, acc),
-            2 => block::bins::<Self, T, SQ, 2, 1>(self, block, next, plan, acc),
-            _ => block::bins::<Self, T, SQ, 3, 1>(self, block, next, plan, acc),
+            1 => block::bins::<Self, T, SQ, 1, 2>(self, block, next, ahead, plan, acc),
+            2 => block::bins::<Self, T, SQ, 2, 1>(self, block, next, ahead, plan, acc),
+            _ => block::bins::<Self, T, SQ, 3, 1>(self, block, next, ahead, plan, acc),
         }
     }
 }

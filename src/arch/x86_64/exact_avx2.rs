@@ -176,90 +176,79 @@ impl ExactBackend for Avx2 {
             out.iter().fold(0u64, |t, &x| t.wrapping_add(x))
         }
     }
+    type Bnd = [__m256i; 2];
     #[inline(always)]
-    fn bounds_u32(self, d: &[u32]) -> (u32, u32) {
-        // SAFETY: the token proves AVX2; each load of 8 words stays inside its 32-word group.
+    fn bnd_zero(self) -> Self::Bnd {
+        // SAFETY: the token proves AVX.
+        unsafe { [_mm256_setzero_si256(), _mm256_set1_epi32(-1)] }
+    }
+    #[inline(always)]
+    fn bnd_u32(self, b: Self::Bnd, g: &[u32]) -> Self::Bnd {
+        let g: &[u32; 16] = g[..16].try_into().expect("16 words");
+        let p = g.as_ptr() as *const __m256i;
+        // SAFETY: the token proves AVX2; two 32-byte loads cover exactly `g`.
         unsafe {
             let mask = _mm256_set1_epi32(0x7FFF_FFFF);
             let one = _mm256_set1_epi32(1);
-            let mut hi = [_mm256_setzero_si256(); 4];
-            let mut lo = [_mm256_set1_epi32(-1); 4];
-            let mut it = d.chunks_exact(32);
-            for g in &mut it {
-                let p = g.as_ptr() as *const __m256i;
-                for k in 0..4 {
-                    let a = _mm256_and_si256(_mm256_loadu_si256(p.add(k)), mask);
-                    hi[k] = _mm256_max_epu32(hi[k], a);
-                    lo[k] = _mm256_min_epu32(lo[k], _mm256_sub_epi32(a, one));
-                }
-            }
-            let h = _mm256_max_epu32(
-                _mm256_max_epu32(hi[0], hi[1]),
-                _mm256_max_epu32(hi[2], hi[3]),
-            );
-            let l = _mm256_min_epu32(
-                _mm256_min_epu32(lo[0], lo[1]),
-                _mm256_min_epu32(lo[2], lo[3]),
-            );
-            let (mut hs, mut ls) = ([0u32; 8], [0u32; 8]);
-            _mm256_storeu_si256(hs.as_mut_ptr() as *mut __m256i, h);
-            _mm256_storeu_si256(ls.as_mut_ptr() as *mut __m256i, l);
-            let mut h = hs.iter().copied().max().unwrap_or(0);
-            let mut l = ls.iter().copied().min().unwrap_or(u32::MAX);
-            for &w in it.remainder() {
-                let a = w & 0x7FFF_FFFF;
-                h = h.max(a);
-                l = l.min(a.wrapping_sub(1));
-            }
-            (h, l)
+            let a = _mm256_and_si256(_mm256_loadu_si256(p), mask);
+            let c = _mm256_and_si256(_mm256_loadu_si256(p.add(1)), mask);
+            [
+                _mm256_max_epu32(_mm256_max_epu32(b[0], a), c),
+                _mm256_min_epu32(
+                    _mm256_min_epu32(b[1], _mm256_sub_epi32(a, one)),
+                    _mm256_sub_epi32(c, one),
+                ),
+            ]
         }
     }
     #[inline(always)]
-    fn bounds_u16(self, d: &[u16]) -> (u32, u32) {
-        // SAFETY: the token proves AVX2; each load of 16 halves stays inside its 64-element
-        // group.
+    fn bnd_u16(self, b: Self::Bnd, g: &[u16]) -> Self::Bnd {
+        let g: &[u16; 16] = g[..16].try_into().expect("16 halves");
+        // SAFETY: the token proves AVX2; one 32-byte load is exactly `g`.
         unsafe {
-            let mask = _mm256_set1_epi16(0x7FFF);
-            let one = _mm256_set1_epi16(1);
-            let mut hi = [_mm256_setzero_si256(); 4];
-            let mut lo = [_mm256_set1_epi16(-1); 4];
-            let mut it = d.chunks_exact(64);
-            for g in &mut it {
-                let p = g.as_ptr() as *const __m256i;
-                for k in 0..4 {
-                    let a = _mm256_and_si256(_mm256_loadu_si256(p.add(k)), mask);
-                    hi[k] = _mm256_max_epu16(hi[k], a);
-                    lo[k] = _mm256_min_epu16(lo[k], _mm256_sub_epi16(a, one));
-                }
-            }
-            let h = _mm256_max_epu16(
-                _mm256_max_epu16(hi[0], hi[1]),
-                _mm256_max_epu16(hi[2], hi[3]),
+            let a = _mm256_and_si256(
+                _mm256_loadu_si256(g.as_ptr() as *const __m256i),
+                _mm256_set1_epi16(0x7FFF),
             );
-            let l = _mm256_min_epu16(
-                _mm256_min_epu16(lo[0], lo[1]),
-                _mm256_min_epu16(lo[2], lo[3]),
-            );
-            let (mut hs, mut ls) = ([0u16; 16], [0u16; 16]);
-            _mm256_storeu_si256(hs.as_mut_ptr() as *mut __m256i, h);
-            _mm256_storeu_si256(ls.as_mut_ptr() as *mut __m256i, l);
-            let mut h = hs.iter().copied().max().unwrap_or(0) as u32;
-            let mut l = ls.iter().copied().min().unwrap_or(u16::MAX) as u32;
-            for &w in it.remainder() {
-                let a = (w & 0x7FFF) as u32;
-                h = h.max(a);
-                l = l.min(a.wrapping_sub(1) & 0xFFFF);
-            }
-            // Zeros count as u32::MAX, as the trait asks (here they are 0xFFFF).
-            (h, if l == 0xFFFF { u32::MAX } else { l })
+            [
+                _mm256_max_epu16(b[0], a),
+                _mm256_min_epu16(b[1], _mm256_sub_epi16(a, _mm256_set1_epi16(1))),
+            ]
         }
+    }
+    #[inline(always)]
+    fn bnd_finish_u32(self, b: Self::Bnd) -> (u32, u32) {
+        let (mut h, mut l) = ([0u32; 8], [0u32; 8]);
+        // SAFETY: the token proves AVX; each store of 32 bytes fills its array exactly.
+        unsafe {
+            _mm256_storeu_si256(h.as_mut_ptr() as *mut __m256i, b[0]);
+            _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, b[1]);
+        }
+        (
+            h.iter().copied().fold(0, u32::max),
+            l.iter().copied().fold(u32::MAX, u32::min),
+        )
+    }
+    #[inline(always)]
+    fn bnd_finish_u16(self, b: Self::Bnd) -> (u32, u32) {
+        let (mut h, mut l) = ([0u16; 16], [0u16; 16]);
+        // SAFETY: the token proves AVX; each store of 32 bytes fills its array exactly.
+        unsafe {
+            _mm256_storeu_si256(h.as_mut_ptr() as *mut __m256i, b[0]);
+            _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, b[1]);
+        }
+        let l = l.iter().copied().fold(u16::MAX, u16::min);
+        (
+            h.iter().copied().fold(0, u16::max) as u32,
+            if l == u16::MAX { u32::MAX } else { l as u32 },
+        )
     }
     #[inline(always)]
     fn prefetch<T>(self, s: &[T], i: usize) {
         if i < s.len() {
             // SAFETY: a prefetch never faults, and the address is inside `s` anyway; SSE is
             // baseline on x86_64.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(s.as_ptr().add(i) as *const i8) }
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(s.as_ptr().add(i) as *const i8) }
         }
     }
     #[inline(always)]
@@ -267,13 +256,14 @@ impl ExactBackend for Avx2 {
         self,
         block: &[T],
         next: &[T],
+        ahead: &[T],
         plan: &Plan,
         acc: &mut ChunkAcc,
-    ) {
+    ) -> (u32, u32) {
         match plan.k {
-            1 => block::bins::<Self, T, SQ, 1, 2>(self, block, next, plan, acc),
-            2 => block::bins::<Self, T, SQ, 2, 1>(self, block, next, plan, acc),
-            _ => block::bins::<Self, T, SQ, 3, 1>(self, block, next, plan, acc),
+            1 => block::bins::<Self, T, SQ, 1, 2>(self, block, next, ahead, plan, acc),
+            2 => block::bins::<Self, T, SQ, 2, 1>(self, block, next, ahead, plan, acc),
+            _ => block::bins::<Self, T, SQ, 3, 1>(self, block, next, ahead, plan, acc),
         }
     }
 }

@@ -145,83 +145,60 @@ impl ExactBackend for Avx512 {
             _mm512_reduce_add_epi64(s) as u64
         }
     }
+    type Bnd = [__m512i; 2];
     #[inline(always)]
-    fn bounds_u32(self, d: &[u32]) -> (u32, u32) {
-        // SAFETY: the token proves AVX-512F; each load of 16 words stays inside its 64-word
-        // group of `d`.
+    fn bnd_zero(self) -> Self::Bnd {
+        // SAFETY: the token proves AVX-512F.
+        unsafe { [_mm512_setzero_si512(), _mm512_set1_epi32(-1)] }
+    }
+    #[inline(always)]
+    fn bnd_u32(self, b: Self::Bnd, g: &[u32]) -> Self::Bnd {
+        let g: &[u32; 16] = g[..16].try_into().expect("16 words");
+        // SAFETY: the token proves AVX-512F; one 64-byte load is exactly `g`.
         unsafe {
-            let mask = _mm512_set1_epi32(0x7FFF_FFFF);
-            let one = _mm512_set1_epi32(1);
-            let mut hi = [_mm512_setzero_si512(); 4];
-            let mut lo = [_mm512_set1_epi32(-1); 4];
-            let mut it = d.chunks_exact(64);
-            for g in &mut it {
-                let p = g.as_ptr() as *const __m512i;
-                for k in 0..4 {
-                    let a = _mm512_and_si512(_mm512_loadu_si512(p.add(k)), mask);
-                    hi[k] = _mm512_max_epu32(hi[k], a);
-                    lo[k] = _mm512_min_epu32(lo[k], _mm512_sub_epi32(a, one));
-                }
-            }
-            let h = _mm512_max_epu32(
-                _mm512_max_epu32(hi[0], hi[1]),
-                _mm512_max_epu32(hi[2], hi[3]),
+            let a = _mm512_and_si512(
+                _mm512_loadu_si512(g.as_ptr() as *const _),
+                _mm512_set1_epi32(0x7FFF_FFFF),
             );
-            let l = _mm512_min_epu32(
-                _mm512_min_epu32(lo[0], lo[1]),
-                _mm512_min_epu32(lo[2], lo[3]),
-            );
-            let (mut h, mut l) = (_mm512_reduce_max_epu32(h), _mm512_reduce_min_epu32(l));
-            for &w in it.remainder() {
-                let a = w & 0x7FFF_FFFF;
-                h = h.max(a);
-                l = l.min(a.wrapping_sub(1));
-            }
-            (h, l)
+            [
+                _mm512_max_epu32(b[0], a),
+                _mm512_min_epu32(b[1], _mm512_sub_epi32(a, _mm512_set1_epi32(1))),
+            ]
         }
     }
     #[inline(always)]
-    fn bounds_u16(self, d: &[u16]) -> (u32, u32) {
-        // SAFETY: the token proves AVX-512F/BW; each load of 32 halves stays inside its
-        // 128-element group of `d`.
+    fn bnd_u16(self, b: Self::Bnd, g: &[u16]) -> Self::Bnd {
+        let g: &[u16; 16] = g[..16].try_into().expect("16 halves");
+        // SAFETY: the token proves AVX-512F/BW; one 32-byte load is exactly `g`. The upper
+        // half of the register is zero: 0 for the max, 0xFFFF (zero minus one) for the min.
         unsafe {
-            let mask = _mm512_set1_epi16(0x7FFF);
-            let one = _mm512_set1_epi16(1);
-            let mut hi = [_mm512_setzero_si512(); 4];
-            let mut lo = [_mm512_set1_epi16(-1); 4];
-            let mut it = d.chunks_exact(128);
-            for g in &mut it {
-                let p = g.as_ptr() as *const __m512i;
-                for k in 0..4 {
-                    let a = _mm512_and_si512(_mm512_loadu_si512(p.add(k)), mask);
-                    hi[k] = _mm512_max_epu16(hi[k], a);
-                    lo[k] = _mm512_min_epu16(lo[k], _mm512_sub_epi16(a, one));
-                }
-            }
-            let h = _mm512_max_epu16(
-                _mm512_max_epu16(hi[0], hi[1]),
-                _mm512_max_epu16(hi[2], hi[3]),
-            );
-            let l = _mm512_min_epu16(
-                _mm512_min_epu16(lo[0], lo[1]),
-                _mm512_min_epu16(lo[2], lo[3]),
-            );
-            // Widen the 16-bit lanes to 32 bits (zero-extended) and reduce there.
+            let v = _mm512_zextsi256_si512(_mm256_loadu_si256(g.as_ptr() as *const __m256i));
+            let a = _mm512_and_si512(v, _mm512_set1_epi16(0x7FFF));
+            [
+                _mm512_max_epu16(b[0], a),
+                _mm512_min_epu16(b[1], _mm512_sub_epi16(a, _mm512_set1_epi16(1))),
+            ]
+        }
+    }
+    #[inline(always)]
+    fn bnd_finish_u32(self, b: Self::Bnd) -> (u32, u32) {
+        // SAFETY: the token proves AVX-512F.
+        unsafe { (_mm512_reduce_max_epu32(b[0]), _mm512_reduce_min_epu32(b[1])) }
+    }
+    #[inline(always)]
+    fn bnd_finish_u16(self, b: Self::Bnd) -> (u32, u32) {
+        // SAFETY: the token proves AVX-512F/BW. The 16-bit lanes are zero-extended to 32 bits
+        // and reduced there.
+        unsafe {
             let h = _mm512_max_epu32(
-                _mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)),
-                _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64::<1>(h)),
+                _mm512_cvtepu16_epi32(_mm512_castsi512_si256(b[0])),
+                _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64::<1>(b[0])),
             );
             let l = _mm512_min_epu32(
-                _mm512_cvtepu16_epi32(_mm512_castsi512_si256(l)),
-                _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64::<1>(l)),
+                _mm512_cvtepu16_epi32(_mm512_castsi512_si256(b[1])),
+                _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64::<1>(b[1])),
             );
-            let (mut h, mut l) = (_mm512_reduce_max_epu32(h), _mm512_reduce_min_epu32(l));
-            for &w in it.remainder() {
-                let a = (w & 0x7FFF) as u32;
-                h = h.max(a);
-                l = l.min(a.wrapping_sub(1) & 0xFFFF);
-            }
-            // Zeros count as u32::MAX, as the trait asks (here they are 0xFFFF).
+            let (h, l) = (_mm512_reduce_max_epu32(h), _mm512_reduce_min_epu32(l));
             (h, if l == 0xFFFF { u32::MAX } else { l })
         }
     }
@@ -230,7 +207,7 @@ impl ExactBackend for Avx512 {
         if i < s.len() {
             // SAFETY: a prefetch never faults, and the address is inside `s` anyway; SSE is
             // baseline on x86_64.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(s.as_ptr().add(i) as *const i8) }
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(s.as_ptr().add(i) as *const i8) }
         }
     }
     #[inline(always)]
@@ -238,13 +215,14 @@ impl ExactBackend for Avx512 {
         self,
         block: &[T],
         next: &[T],
+        ahead: &[T],
         plan: &Plan,
         acc: &mut ChunkAcc,
-    ) {
+    ) -> (u32, u32) {
         match plan.k {
-            1 => block::bins::<Self, T, SQ, 1, 4>(self, block, next, plan, acc),
-            2 => block::bins::<Self, T, SQ, 2, 4>(self, block, next, plan, acc),
-            _ => block::bins::<Self, T, SQ, 3, 4>(self, block, next, plan, acc),
+            1 => block::bins::<Self, T, SQ, 1, 4>(self, block, next, ahead, plan, acc),
+            2 => block::bins::<Self, T, SQ, 2, 4>(self, block, next, ahead, plan, acc),
+            _ => block::bins::<Self, T, SQ, 3, 4>(self, block, next, ahead, plan, acc),
         }
     }
 }
