@@ -93,7 +93,7 @@ fn kernels(isa: Option<Isa>) -> Result<&'static ExactKernels, Error> {
 
 fn exact_kind(norm_type: NormType) -> Result<u8, Error> {
     let nt = norm_type.validated()?;
-    ExactPartial::kind_of(nt).ok_or(Error::InvalidNormType { p: nt.exponent() })
+    ExactPartial::kind_of(nt).ok_or(Error::ExactUnsupported { p: nt.exponent() })
 }
 
 /// The exact partial of a set of buffers on `isa` (`None`: the selected ISA), stopping early on
@@ -117,7 +117,7 @@ pub(crate) fn exact_partial_impl<G: AsGrad>(
 /// NaN went in, else +inf). This is what a data-parallel rank sends to the others: merged in any
 /// order, the partials of any split of the data give the bytes of the partial of all of it.
 ///
-/// P(p) norms have no exact partial: they return [`Error::InvalidNormType`].
+/// P(p) norms have no exact partial: they return [`Error::ExactUnsupported`].
 pub fn exact_partial<G: AsGrad>(grads: &[G], norm_type: NormType) -> Result<ExactPartial, Error> {
     exact_partial_impl(grads, norm_type, None, None)
 }

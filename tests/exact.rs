@@ -523,7 +523,14 @@ fn p_norms_fall_back_and_have_no_exact_partial() {
         get_total_norm_exact(&g, nt).unwrap(),
         get_total_norm(&g, nt).unwrap()
     );
-    assert!(exact_partial(&g, nt).is_err());
+    assert_eq!(
+        exact_partial(&g, nt),
+        Err(Error::ExactUnsupported { p: 3.0 })
+    );
+    assert_eq!(
+        exact_partial(&g, NormType::P(-1.0)),
+        Err(Error::InvalidNormType { p: -1.0 })
+    );
     // P(2) and P(1) are L2 and L1.
     assert_eq!(
         get_total_norm_exact(&g, NormType::P(2.0)).unwrap(),
