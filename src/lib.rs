@@ -13,7 +13,9 @@
 //!   1e-14 relative of the exact value for any length and any dynamic range (3.4e38 down to
 //!   subnormals), Inf is exact, P within 1e-12;
 //! - **reproducible**: the same bits for any thread count and any instruction set (portable,
-//!   AVX2): the reduction tree depends on the buffer lengths only;
+//!   AVX2): the reduction tree depends on the buffer lengths only; with
+//!   [`Summation::Exact`] (see [`exact`]) the L2 and L1 norms are the exactly rounded values, the
+//!   same bits for any split of the data into buffers, shards or ranks;
 //! - **fast**: runtime-dispatched SIMD, rayon above a size threshold, no allocation;
 //! - **safe on bad data**: a NaN or ±inf stops the reduction early and is reported by position;
 //!   nothing is written when nothing needs clipping.

@@ -27,7 +27,7 @@
 //!
 //! 1. A block (1024–2048 elements) is scanned with integer max/min over the bit patterns: all its
 //!    terms are below 2^T and multiples of 2^L.
-//! 2. K f64 bins per lane are placed from (T, L) ([`block::Plan`]): bin 0 starts at 2^b0 with
+//! 2. K f64 bins per lane are placed from (T, L) (`block::Plan`): bin 0 starts at 2^b0 with
 //!    b0 = T + g (g guard bits = ⌈log2(deposits per lane)⌉ + 1), bin j + 1 sits 52 − g bits
 //!    below bin j, the last bin's unit in the last place is 2^L. K is the least that reaches L:
 //!    K = 1 + ⌈(T + g − 52 − L) / (52 − g)⌉.
@@ -50,7 +50,7 @@
 //! path: per exponent, significands (or their squares) are summed in u64. Blocks holding NaN or
 //! ±inf are only classified.
 //!
-//! The kernel is written once ([`block::bins`]) over a small vector trait; the portable,
+//! The kernel is written once (`block::bins`) over a small vector trait; the portable,
 //! AVX-512, AVX2 and NEON backends (in `crate::arch`) only supply widening loads, lane arithmetic
 //! and the bounds scan. Since the result is exact, backends may use different lane counts and
 //! block sizes and still agree bit for bit.
