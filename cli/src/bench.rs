@@ -666,7 +666,7 @@ fn print_row(r: &Row, json: bool) {
             None => String::new(),
         };
         outln!(
-            "{:<11} {:<5} {:>10} {:>3} {:>8.1} {:>9.1} {:>7.2} {:>9.1}×{extra}",
+            "{:<25} {:<5} {:>10} {:>3} {:>8.1} {:>9.1} {:>7.2} {:>9.1}×{extra}",
             r.op,
             r.dtype.name(),
             human_bytes(r.bytes),
@@ -707,7 +707,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         );
         outln!(
-            "{:<11} {:<5} {:>10} {:>3} {:>8} {:>9} {:>7} {:>10}",
+            "{:<25} {:<5} {:>10} {:>3} {:>8} {:>9} {:>7} {:>10}",
             "op",
             "dtype",
             "size",
