@@ -5,7 +5,7 @@
 //! 1. integer max/min over the bit patterns give the largest and the smallest non-zero
 //!    magnitude;
 //! 2. [`Plan::new`] places K ≤ [`KMAX`] f64 bins so that the block's deposits stay exact, or
-//!    says that the block's dynamic range needs more bins (it then goes through [`bucket_block`],
+//!    says that the block's dynamic range needs more bins (it then goes through [`Buckets`],
 //!    an integer path, exact for any data);
 //! 3. [`bins`] deposits every element into the bins (lanes and elements in any order: the result
 //!    is exact, so no order matters);
@@ -373,27 +373,62 @@ pub(crate) fn bins<
 }
 
 /// The exact integer path for blocks whose range needs more than [`KMAX`] bins: per exponent,
-/// the integer significands (or their squares) are summed in u64 (a 24-bit significand squared
-/// is below 2^48, so 2^16 of them fit), then each exponent's sum goes into `acc`.
-#[inline(never)]
-pub(crate) fn bucket_block<T: ExactElement, const SQ: bool>(block: &[T], acc: &mut ChunkAcc) {
-    debug_assert!(block.len() <= 1 << 16);
-    let mut sums = [[0u64; 256]; 2];
-    for pair in block.chunks(2) {
-        for (table, x) in sums.iter_mut().zip(pair) {
+/// the integer significands (or their squares) are summed in u64 — a 24-bit significand squared
+/// is below 2^48, so each table entry takes 2^16 of them — in four tables (element i into table
+/// i mod 4, so consecutive equal exponents do not wait on each other). The tables live for the
+/// whole chunk and are flushed into the chunk's accumulator at its end, or when they are full.
+pub(crate) struct Buckets {
+    sums: [[u64; 256]; 4],
+    /// Elements added since the last flush (at most 2^18: 2^16 per table).
+    count: usize,
+}
+
+impl Buckets {
+    const CAPACITY: usize = 4 << 16;
+
+    #[inline(never)]
+    pub(crate) fn add_block<T: ExactElement, const SQ: bool>(
+        slot: &mut Option<Buckets>,
+        block: &[T],
+        acc: &mut ChunkAcc,
+    ) {
+        let b = slot.get_or_insert_with(|| Buckets {
+            sums: [[0; 256]; 4],
+            count: 0,
+        });
+        if b.count + block.len() > Self::CAPACITY {
+            b.flush::<T, SQ>(acc);
+        }
+        debug_assert!(block.len() <= Self::CAPACITY);
+        b.count += block.len();
+        let mut quads = block.chunks_exact(4);
+        for q in &mut quads {
+            for (table, x) in b.sums.iter_mut().zip(q) {
+                let (e, m) = T::decompose(x.abs_bits());
+                let m = m as u64;
+                table[e as usize & 0xFF] += if SQ { m * m } else { m };
+            }
+        }
+        for (table, x) in b.sums.iter_mut().zip(quads.remainder()) {
             let (e, m) = T::decompose(x.abs_bits());
             let m = m as u64;
             table[e as usize & 0xFF] += if SQ { m * m } else { m };
         }
     }
-    let scale = if SQ { 2 } else { 1 };
-    for (e, (&s0, &s1)) in sums[0].iter().zip(&sums[1]).enumerate().skip(1) {
-        let lsb = e as i32 - T::EXP_BIAS - T::FRAC_BITS;
-        for s in [s0, s1] {
-            if s != 0 {
-                acc.add_u64(s, (scale * lsb - LSB_EXP) as u32);
+
+    /// Adds every non-zero entry to `acc` at its exponent's position and empties the tables.
+    pub(crate) fn flush<T: ExactElement, const SQ: bool>(&mut self, acc: &mut ChunkAcc) {
+        let scale = if SQ { 2 } else { 1 };
+        for table in self.sums.iter_mut() {
+            for (e, s) in table.iter_mut().enumerate().skip(1) {
+                if *s != 0 {
+                    let lsb = e as i32 - T::EXP_BIAS - T::FRAC_BITS;
+                    acc.add_u64(*s, (scale * lsb - LSB_EXP) as u32);
+                    *s = 0;
+                }
             }
         }
+        self.count = 0;
     }
 }
 
@@ -432,6 +467,7 @@ pub(crate) fn sum_chunk<B: ExactBackend, T: ExactElement, const SQ: bool>(
         let start = (i * B::BLOCK).min(data.len());
         &data[start..(start + B::BLOCK).min(data.len())]
     };
+    let mut buckets: Option<Buckets> = None;
     let mut cur = bounds(be, block_at(0));
     for i in 0..data.len().div_ceil(B::BLOCK) {
         let (block, next) = (block_at(i), block_at(i + 1));
@@ -447,13 +483,16 @@ pub(crate) fn sum_chunk<B: ExactBackend, T: ExactElement, const SQ: bool>(
                     let ahead = block_at(i + 2);
                     next_bounds = Some(be.run_bins::<T, SQ>(block, next, ahead, &plan, &mut acc));
                 }
-                None => bucket_block::<T, SQ>(block, &mut acc),
+                None => Buckets::add_block::<T, SQ>(&mut buckets, block, &mut acc),
             }
         }
         cur = next_bounds.unwrap_or_else(|| bounds(be, next));
     }
     if flags != 0 {
         return ExactPartial::nonfinite(kind, flags);
+    }
+    if let Some(b) = buckets.as_mut() {
+        b.flush::<T, SQ>(&mut acc);
     }
     ExactPartial::from_parts(kind, acc.normalized(), max_bits_f32::<T>(max))
 }
@@ -506,6 +545,37 @@ mod tests {
         assert_eq!(f16::lsb(0x3C00), -10);
         assert_eq!(bf16::exponent(1), -133);
         assert_eq!(bf16::lsb(0x3F80), -7);
+    }
+
+    #[test]
+    fn buckets_flush_when_full() {
+        // More elements than the tables hold between flushes (enough MAX squares to overflow an
+        // entry without them): 700 blocks of f32::MAX and of a
+        // subnormal, through the integer path only.
+        let block: Vec<f32> = (0..1024)
+            .map(|i| {
+                if i % 2 == 0 {
+                    f32::MAX
+                } else {
+                    -f32::from_bits(3)
+                }
+            })
+            .collect();
+        let mut slot = None;
+        let mut acc = ChunkAcc::ZERO;
+        for _ in 0..700 {
+            Buckets::add_block::<f32, true>(&mut slot, &block, &mut acc);
+        }
+        if let Some(b) = slot.as_mut() {
+            b.flush::<f32, true>(&mut acc);
+        }
+        let got = ExactPartial::from_parts(KIND_L2, acc.normalized(), 0).sum();
+        let all: Vec<f32> = (0..700).flat_map(|_| block.iter().copied()).collect();
+        let want = crate::reference::exact_sum(
+            &[crate::grads::Grad::F32(&all)],
+            crate::norm_type::NormType::L2,
+        );
+        assert_eq!(got.to_bits(), want.to_bits());
     }
 
     #[test]
