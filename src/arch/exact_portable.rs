@@ -133,7 +133,7 @@ impl ExactBackend for Portable {
         bnd_done(b, 0x7FFF)
     }
     #[inline(always)]
-    fn prefetch<T>(self, _s: &[T], _i: usize) {
+    fn prefetch<T>(self, _s: &[T]) {
         // The hardware prefetcher has to do (no stable prefetch hint here).
     }
     #[inline(always)]

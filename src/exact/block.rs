@@ -79,9 +79,9 @@ pub(crate) trait ExactBackend: Copy {
     fn bnd_finish_u32(self, b: Self::Bnd) -> (u32, u32);
     /// The same for 16-bit bounds (zeros still count as `u32::MAX`).
     fn bnd_finish_u16(self, b: Self::Bnd) -> (u32, u32);
-    /// Asks for the cache line holding `s[i]` to be brought towards the core (nothing when `i`
-    /// is out of bounds); the bins loop prefetches two blocks ahead.
-    fn prefetch<T>(self, s: &[T], i: usize);
+    /// Asks for the cache lines of `s` to be brought towards the core (the bins loop prefetches
+    /// two blocks ahead); a hint only.
+    fn prefetch<T>(self, s: &[T]);
     /// Calls [`bins`] with the backend's number of lane sets for `plan.k` bins.
     fn run_bins<T: ExactElement, const SQ: bool>(
         self,
@@ -253,32 +253,31 @@ fn pow2(e: i32) -> f64 {
     f64::from_bits(((e + 1023) as u64) << 52)
 }
 
-/// One register set of elements into the bins of set `u`: an error-free cascade, bin 0 first.
+/// One register set of elements into the bins of one lane set: an error-free cascade, bin 0
+/// first. Takes and returns the bins by value (so they stay in registers).
 #[inline(always)]
-fn deposit<B: ExactBackend, const SQ: bool, const K: usize, const U: usize>(
+fn deposit<B: ExactBackend, const SQ: bool, const K: usize>(
     be: B,
-    a: &mut [[B::W; U]; K],
-    u: usize,
+    mut a: [B::W; K],
     x: B::W,
-) {
-    let a0 = a[0][u];
+) -> [B::W; K] {
+    let a0 = a[0];
     let t = if SQ { be.sq_add(x, a0) } else { be.add(a0, x) };
+    a[0] = t;
     if K == 1 {
-        a[0][u] = t;
-        return;
+        return a;
     }
     // t and a0 share a binade: the difference is exact, and so is the remainder.
     let d = be.sub(t, a0);
     let mut r = if SQ { be.sq_sub(x, d) } else { be.sub(x, d) };
-    a[0][u] = t;
-    for bin in a.iter_mut().take(K - 1).skip(1) {
-        let aj = bin[u];
-        let t = be.add(aj, r);
-        let d = be.sub(t, aj);
+    for aj in a.iter_mut().take(K - 1).skip(1) {
+        let t = be.add(*aj, r);
+        let d = be.sub(t, *aj);
         r = be.sub(r, d);
-        bin[u] = t;
+        *aj = t;
     }
-    a[K - 1][u] = be.add(a[K - 1][u], r);
+    a[K - 1] = be.add(a[K - 1], r);
+    a
 }
 
 /// Folds the pieces `from..` (of `B::LANES` elements, the last one zero-padded) of `d` into `b`.
@@ -331,26 +330,36 @@ pub(crate) fn bins<
     debug_assert_eq!(plan.k, K);
     debug_assert!(block.len() <= B::BLOCK && U >= B::MIN_U && B::LANES <= MAX_LANES);
     let lanes = B::LANES;
-    let mut a = [[be.splat(0.0); U]; K];
-    for (bin, &s) in a.iter_mut().zip(&plan.start) {
-        *bin = [be.splat(s); U];
+    // Set-major: a[u][j] is bin j of lane set u.
+    let mut start = [be.splat(0.0); K];
+    for (b, &s) in start.iter_mut().zip(&plan.start) {
+        *b = be.splat(s);
     }
+    let mut a = [start; U];
+    let span = lanes * U;
     let mut nb = be.bnd_zero();
-    let next_full = next.len() / lanes;
-    let per_line = (64 / std::mem::size_of::<T>()).max(1);
-    let mut groups = block.chunks_exact(lanes * U);
-    let mut piece = 0;
-    for (j, g) in (&mut groups).enumerate() {
-        for line in (0..lanes * U).step_by(per_line) {
-            be.prefetch(ahead, j * lanes * U + line);
+    let mut groups = block.chunks_exact(span);
+    let mut next_groups = next.chunks_exact(span);
+    let mut ahead_groups = ahead.chunks_exact(span);
+    // While `next` has whole groups: one step of its bounds per set, branch-free inside.
+    let both = groups.len().min(next_groups.len());
+    for (g, ng) in (&mut groups).take(both).zip(&mut next_groups) {
+        if let Some(ag) = ahead_groups.next() {
+            be.prefetch(ag);
         }
         for u in 0..U {
-            if piece < next_full {
-                nb = T::bnd(be, nb, &next[piece * lanes..(piece + 1) * lanes]);
-                piece += 1;
-            }
+            nb = T::bnd(be, nb, &ng[lanes * u..lanes * (u + 1)]);
             let x = T::widen(be, &g[lanes * u..lanes * (u + 1)], !SQ);
-            deposit::<B, SQ, K, U>(be, &mut a, u, x);
+            a[u] = deposit::<B, SQ, K>(be, a[u], x);
+        }
+    }
+    for g in &mut groups {
+        if let Some(ag) = ahead_groups.next() {
+            be.prefetch(ag);
+        }
+        for u in 0..U {
+            let x = T::widen(be, &g[lanes * u..lanes * (u + 1)], !SQ);
+            a[u] = deposit::<B, SQ, K>(be, a[u], x);
         }
     }
     // Fewer than U sets' worth left: piece i goes to set i, so no lane takes more deposits than
@@ -358,18 +367,18 @@ pub(crate) fn bins<
     for (u, g) in groups.remainder().chunks(lanes).enumerate() {
         let mut pad = [T::ZERO; MAX_LANES];
         pad[..g.len()].copy_from_slice(g);
-        deposit::<B, SQ, K, U>(be, &mut a, u, T::widen(be, &pad, !SQ));
+        a[u] = deposit::<B, SQ, K>(be, a[u], T::widen(be, &pad, !SQ));
     }
-    for ((bin, &s), &pos) in a.iter().zip(&plan.start).zip(&plan.pos) {
+    for j in 0..K {
         // A bin and its start share a binade, so the difference of their bit patterns counts
         // units in the last place; the wrapping sum over lanes is exact (|result| < 2^59).
-        let bits = bin
+        let bits = a
             .iter()
-            .fold(0u64, |s, &w| s.wrapping_add(be.bits_sum(w)));
-        let units = bits.wrapping_sub(((lanes * U) as u64).wrapping_mul(s.to_bits()));
-        acc.add_i64(units as i64, pos);
+            .fold(0u64, |s, set| s.wrapping_add(be.bits_sum(set[j])));
+        let start = ((lanes * U) as u64).wrapping_mul(plan.start[j].to_bits());
+        acc.add_i64(bits.wrapping_sub(start) as i64, plan.pos[j]);
     }
-    T::bnd_finish(be, bnd_pieces(be, nb, next, piece))
+    T::bnd_finish(be, bnd_pieces(be, nb, next, both * U))
 }
 
 /// The exact integer path for blocks whose range needs more than [`KMAX`] bins: per exponent,

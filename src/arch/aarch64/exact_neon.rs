@@ -198,7 +198,7 @@ impl ExactBackend for Neon {
         (h as u32, if l == u16::MAX { u32::MAX } else { l as u32 })
     }
     #[inline(always)]
-    fn prefetch<T>(self, _s: &[T], _i: usize) {
+    fn prefetch<T>(self, _s: &[T]) {
         // The hardware prefetcher has to do (no stable prefetch hint here).
     }
     #[inline(always)]

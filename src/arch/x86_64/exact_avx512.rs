@@ -203,11 +203,12 @@ impl ExactBackend for Avx512 {
         }
     }
     #[inline(always)]
-    fn prefetch<T>(self, s: &[T], i: usize) {
-        if i < s.len() {
+    fn prefetch<T>(self, s: &[T]) {
+        let p = s.as_ptr() as *const i8;
+        for off in (0..std::mem::size_of_val(s)).step_by(64) {
             // SAFETY: a prefetch never faults, and the address is inside `s` anyway; SSE is
             // baseline on x86_64.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(s.as_ptr().add(i) as *const i8) }
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(off)) }
         }
     }
     #[inline(always)]
