@@ -557,6 +557,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "700 Ki elements")]
     fn buckets_flush_when_full() {
         // More elements than the tables hold between flushes (enough MAX squares to overflow an
         // entry without them): 700 blocks of f32::MAX and of a
