@@ -7,8 +7,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gradclip::baseline::{naive_sum_sq_f32, naive_sum_sq_f64, read_roofline_par, rmw_roofline_par};
 use gradclip::{
-    bf16, clip_grad_norm_, f16, get_total_norm, scale_, ClipOptions, DType, Element, Grad, GradMut,
-    NormType,
+    bf16, clip_grad_norm_, exact_partial_with_isa, f16, get_total_norm, get_total_norm_exact,
+    scale_, ClipOptions, DType, Element, Grad, GradMut, Isa, NormType,
 };
 
 const SIZES: [usize; 2] = [256 << 10, 64 << 20];
@@ -236,12 +236,97 @@ fn many_small(c: &mut Criterion) {
     g.finish();
 }
 
+/// Gradient-like values: tensors of 1,000..1,000,000 elements, each N(0, σ) with σ
+/// log-uniform over 1e-6..1.
+fn gradient_like<T: Element>(bytes: usize) -> Vec<T> {
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let mut unit = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let (mut left, mut sigma) = (0usize, 1.0f64);
+    (0..bytes / std::mem::size_of::<T>())
+        .map(|_| {
+            if left == 0 {
+                left = 1_000 + (unit() * 999_000.0) as usize;
+                sigma = 10f64.powf(-6.0 * unit());
+            }
+            left -= 1;
+            let r = (-2.0 * unit().ln()).sqrt() * (std::f64::consts::TAU * unit()).cos();
+            T::from_f32_rne((r * sigma) as f32)
+        })
+        .collect()
+}
+
+/// Exact L2 norm of one buffer of gradient-like `T`: exact (calling thread, misaligned, each
+/// ISA, 1 and 2 threads from memory), the compensated norm of the same data, and the rooflines.
+fn exact_group<T: Element>(c: &mut Criterion, name: &str)
+where
+    for<'a> Grad<'a>: From<&'a [T]>,
+{
+    let mut g = c.benchmark_group(name);
+    for size in SIZES {
+        let v: Vec<T> = gradient_like(size);
+        let raw: Vec<u8> = bytemuck::cast_slice(&v).to_vec();
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::new("exact", size), &v, |b, v| {
+            b.iter(|| get_total_norm_exact(&[Grad::from(black_box(v.as_slice()))], NormType::L2))
+        });
+        g.bench_with_input(BenchmarkId::new("exact_misaligned", size), &v, |b, v| {
+            b.iter(|| get_total_norm_exact(&[Grad::from(black_box(&v[1..]))], NormType::L2))
+        });
+        for isa in Isa::available() {
+            g.bench_with_input(
+                BenchmarkId::new(format!("exact_{}", isa.name()), size),
+                &v,
+                |b, v| {
+                    b.iter(|| {
+                        exact_partial_with_isa(
+                            &[Grad::from(black_box(v.as_slice()))],
+                            NormType::L2,
+                            isa,
+                        )
+                    })
+                },
+            );
+        }
+        g.bench_with_input(BenchmarkId::new("compensated", size), &v, |b, v| {
+            b.iter(|| get_total_norm(&[Grad::from(black_box(v.as_slice()))], NormType::L2))
+        });
+        for &t in thread_counts(size) {
+            let p = pool(t);
+            g.bench_with_input(BenchmarkId::new(format!("exact_{t}t"), size), &v, |b, v| {
+                b.iter(|| {
+                    p.install(|| {
+                        get_total_norm_exact(&[Grad::from(black_box(v.as_slice()))], NormType::L2)
+                    })
+                })
+            });
+        }
+        rooflines(&mut g, &raw, size);
+    }
+    g.finish();
+}
+
+fn norm_l2_exact_f32(c: &mut Criterion) {
+    exact_group::<f32>(c, "norm_l2_exact_f32");
+}
+fn norm_l2_exact_f16(c: &mut Criterion) {
+    exact_group::<f16>(c, "norm_l2_exact_f16");
+}
+fn norm_l2_exact_bf16(c: &mut Criterion) {
+    exact_group::<bf16>(c, "norm_l2_exact_bf16");
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(std::time::Duration::from_millis(300))
         .measurement_time(std::time::Duration::from_secs(2));
-    targets = norm_l2_f32, norm_l2_f16, norm_l2_bf16, scale_f32, scale_f16, scale_bf16, clip_f32, many_small
+    targets = norm_l2_f32, norm_l2_f16, norm_l2_bf16, scale_f32, scale_f16, scale_bf16, clip_f32, many_small,
+        norm_l2_exact_f32, norm_l2_exact_f16, norm_l2_exact_bf16
 }
 criterion_main!(benches);

@@ -4,6 +4,8 @@ use crate::arch::Kernels;
 use crate::chunk::NormCtx;
 use crate::dtype::{Element, NanBits};
 use crate::error::{Error, NonFinite};
+use crate::exact::{ExactPartial, Summation};
+use crate::exact_norm::exact_partial_impl;
 use crate::grads::GradMut;
 use crate::isa::Isa;
 use crate::norm::{
@@ -37,6 +39,10 @@ pub struct ClipOptions {
     pub eps: f64,
     /// NaN/inf policy (default [`NonFinitePolicy::Error`]).
     pub on_nonfinite: NonFinitePolicy,
+    /// How L2 and L1 norms are summed (default [`Summation::Compensated`]).
+    /// [`Summation::Exact`] gives the same norm, hence the same clipped gradients, for any split
+    /// of the data; Inf is exact either way and P(p) norms are always compensated.
+    pub summation: Summation,
 }
 
 impl Default for ClipOptions {
@@ -45,6 +51,7 @@ impl Default for ClipOptions {
             norm_type: NormType::L2,
             eps: 1e-6,
             on_nonfinite: NonFinitePolicy::Error,
+            summation: Summation::Compensated,
         }
     }
 }
@@ -208,19 +215,27 @@ fn clip_impl(
     }
     let k = kernels(isa)?;
     let eps = options.eps;
+    let norm_type = options.norm_type.validated()?;
+    let exact = options.summation == Summation::Exact && ExactPartial::kind_of(norm_type).is_some();
     if options.on_nonfinite == NonFinitePolicy::Propagate {
-        let ctx = NormCtx {
-            kernels: k,
-            norm_type: options.norm_type.validated()?,
-            stop: None,
-        };
-        let part = reduce_set(&ctx, grads, None, true);
-        // Finite input whose norm exceeds f64 is refused as under the other policies: its
-        // true coefficient is not the 0 that an infinite total would give.
-        let (total, nonfinite) = if part.is_finite() {
-            (finite_norm(&part)?, None)
+        let (total, nonfinite) = if exact {
+            let part = exact_partial_impl(grads, norm_type, isa, None)?;
+            let nonfinite = (!part.is_finite()).then(|| first_nonfinite_or_panic_free(grads));
+            (part.finish(), nonfinite)
         } else {
-            (part.finish(), Some(first_nonfinite_or_panic_free(grads)))
+            let ctx = NormCtx {
+                kernels: k,
+                norm_type,
+                stop: None,
+            };
+            let part = reduce_set(&ctx, grads, None, true);
+            // Finite input whose norm exceeds f64 is refused as under the other policies: its
+            // true coefficient is not the 0 that an infinite total would give.
+            if part.is_finite() {
+                (finite_norm(&part)?, None)
+            } else {
+                (part.finish(), Some(first_nonfinite_or_panic_free(grads)))
+            }
         };
         let clip_coef = coefficient(max_norm, total, eps);
         let clipped = apply(k, grads, clip_coef);
@@ -231,8 +246,19 @@ fn clip_impl(
             nonfinite,
         });
     }
-    let part = short_circuit_partial(grads, options.norm_type, isa)?;
-    if !part.is_finite() {
+    // The norm when the input is finite (or the error of a finite P norm beyond f64), None when
+    // a NaN or ±inf stopped the reduction.
+    let total = if exact {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let part = exact_partial_impl(grads, norm_type, isa, Some(&stop))?;
+        part.is_finite().then(|| Ok(part.finish()))
+    } else {
+        let part = short_circuit_partial(grads, norm_type, isa)?;
+        // A finite input whose norm overflows f64 (a P norm with small p) is refused rather
+        // than turned into a zero coefficient that would wipe every gradient.
+        part.is_finite().then(|| finite_norm(&part))
+    };
+    let Some(total) = total else {
         let first = first_nonfinite_or_panic_free(grads);
         if options.on_nonfinite == NonFinitePolicy::Error {
             return Err(Error::NonFinite(first));
@@ -249,10 +275,8 @@ fn clip_impl(
             clipped: false,
             nonfinite: Some(first),
         });
-    }
-    // A finite input whose norm overflows f64 (a P norm with small p) is refused rather than
-    // turned into a zero coefficient that would wipe every gradient.
-    let total = finite_norm(&part)?;
+    };
+    let total = total?;
     let clip_coef = coefficient(max_norm, total, eps);
     let clipped = apply(k, grads, clip_coef);
     Ok(ClipReport {

@@ -75,6 +75,12 @@ pub enum Error {
         /// The exponent of the norm.
         p: f64,
     },
+    /// An exact partial was asked for a P(p) norm: exact summation covers L1, L2 and Inf only
+    /// (`|x|^p` is not exact in floating point).
+    ExactUnsupported {
+        /// The exponent of the norm.
+        p: f64,
+    },
     /// `max_norm` is not a finite number greater than zero.
     InvalidMaxNorm(f64),
     /// `eps` is not a finite number greater than or equal to zero.
@@ -105,7 +111,8 @@ impl PartialEq for Error {
         match (self, other) {
             (NonFinite(a), NonFinite(b)) => a == b,
             (InvalidNormType { p: a }, InvalidNormType { p: b })
-            | (NormOverflow { p: a }, NormOverflow { p: b }) => same(*a, *b),
+            | (NormOverflow { p: a }, NormOverflow { p: b })
+            | (ExactUnsupported { p: a }, ExactUnsupported { p: b }) => same(*a, *b),
             (InvalidMaxNorm(a), InvalidMaxNorm(b))
             | (InvalidEps(a), InvalidEps(b))
             | (InvalidTotalNorm(a), InvalidTotalNorm(b))
@@ -136,6 +143,10 @@ impl fmt::Display for Error {
                 let p = Compact(*p);
                 write!(f, "invalid norm type: p must be finite and > 0, got {p}")
             }
+            Error::ExactUnsupported { p } => write!(
+                f,
+                "no exact partial for the norm with p = {p}: exact summation covers L1, L2 and Inf"
+            ),
             Error::NormOverflow { p } => write!(
                 f,
                 "the norm with p = {} of these finite gradients exceeds the f64 range",

@@ -13,7 +13,9 @@
 //!   1e-14 relative of the exact value for any length and any dynamic range (3.4e38 down to
 //!   subnormals), Inf is exact, P within 1e-12;
 //! - **reproducible**: the same bits for any thread count and any instruction set (portable,
-//!   AVX2): the reduction tree depends on the buffer lengths only;
+//!   AVX2): the reduction tree depends on the buffer lengths only; with
+//!   [`Summation::Exact`] (see [`exact`]) the L2 and L1 norms are the exactly rounded values, the
+//!   same bits for any split of the data into buffers, shards or ranks;
 //! - **fast**: runtime-dispatched SIMD, rayon above a size threshold, no allocation;
 //! - **safe on bad data**: a NaN or ±inf stops the reduction early and is reported by position;
 //!   nothing is written when nothing needs clipping.
@@ -43,6 +45,8 @@ mod grads;
 mod isa;
 mod lanes;
 mod norm_type;
+// The exact accumulator and the exact block kernel's math.
+pub mod exact;
 // Kernels, per-chunk partials, the tree.
 mod arch;
 mod chunk;
@@ -50,6 +54,7 @@ mod parallel;
 mod partial;
 // The public operations.
 mod clip;
+mod exact_norm;
 mod norm;
 // The fused mixed-precision step (uses the two above).
 mod amp;
@@ -69,6 +74,11 @@ pub use clip::{
 };
 pub use dtype::{DType, Element};
 pub use error::{Error, NonFinite};
+pub use exact::{ExactPartial, Summation};
+pub use exact_norm::{
+    exact_partial, exact_partial_with_isa, get_total_norm_exact, get_total_norm_exact_with_isa,
+    get_total_norm_with,
+};
 pub use grads::{AsGrad, Grad, GradMut};
 pub use half::{bf16, f16};
 pub use isa::{Dispatch, Isa};

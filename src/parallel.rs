@@ -69,7 +69,7 @@ pub(crate) fn merge_set(parts: &[NormPartial], empty: NormPartial) -> NormPartia
 }
 
 #[inline]
-fn join_if<A, B, RA, RB>(parallel: bool, a: A, b: B) -> (RA, RB)
+pub(crate) fn join_if<A, B, RA, RB>(parallel: bool, a: A, b: B) -> (RA, RB)
 where
     A: FnOnce() -> RA + Send,
     B: FnOnce() -> RB + Send,

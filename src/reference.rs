@@ -149,3 +149,144 @@ pub fn scale_bf16(x: bf16, c: f32) -> bf16 {
         bf16::from_f32(r)
     }
 }
+
+/// An unsigned big integer, little-endian 32-bit digits, for [`exact_sum`].
+struct BigNat(Vec<u32>);
+
+impl BigNat {
+    /// Adds `v · 2^shift`.
+    fn add_shifted(&mut self, v: u64, shift: usize) {
+        let mut pos = shift / 32;
+        // v · 2^(shift mod 32) as up to three 32-bit digits, then carries.
+        let mut carry = (v as u128) << (shift % 32);
+        while carry != 0 {
+            if self.0.len() <= pos {
+                self.0.resize(pos + 1, 0);
+            }
+            let s = self.0[pos] as u128 + (carry & 0xFFFF_FFFF);
+            self.0[pos] = s as u32;
+            carry = (carry >> 32) + (s >> 32);
+            pos += 1;
+        }
+    }
+
+    fn bit(&self, i: usize) -> bool {
+        self.0.get(i / 32).is_some_and(|d| d >> (i % 32) & 1 == 1)
+    }
+
+    /// Number of significant bits (0 for zero).
+    fn bit_len(&self) -> usize {
+        match self.0.iter().rposition(|&d| d != 0) {
+            None => 0,
+            Some(i) => 32 * i + 32 - self.0[i].leading_zeros() as usize,
+        }
+    }
+}
+
+/// `m · 2^e` for a finite f32, with `m` an integer below 2^24, read off the bit pattern.
+fn f32_integer_parts(x: f32) -> (u64, i32) {
+    let b = x.to_bits();
+    let field = ((b >> 23) & 0xFF) as i32;
+    let frac = (b & 0x7F_FFFF) as u64;
+    if field == 0 {
+        (frac, -149)
+    } else {
+        (frac | 1 << 23, field - 150)
+    }
+}
+
+/// The exact value `N · 2^(-offset)` rounded to the nearest f64, ties to even (`N` < 2^1000).
+fn round_big(n: &BigNat, offset: i32) -> f64 {
+    let len = n.bit_len();
+    let (q, drop) = if len <= 53 {
+        let q = (0..len).rev().fold(0u64, |q, i| q << 1 | n.bit(i) as u64);
+        (q, 0)
+    } else {
+        let drop = len - 53;
+        let q = (drop..len)
+            .rev()
+            .fold(0u64, |q, i| q << 1 | n.bit(i) as u64);
+        // Round to nearest: the first dropped bit against the rest and q's parity.
+        let round = n.bit(drop - 1);
+        let sticky = (0..drop - 1).any(|i| n.bit(i));
+        let q = if round && (sticky || q & 1 == 1) {
+            q + 1
+        } else {
+            q
+        };
+        (q, drop)
+    };
+    // q ≤ 2^53 converts exactly; scaling by a power of two in the normal range is exact.
+    let mut v = q as f64;
+    let mut e = drop as i32 - offset;
+    while e > 0 {
+        v *= 2.0;
+        e -= 1;
+    }
+    while e < 0 {
+        v *= 0.5;
+        e += 1;
+    }
+    if q == 0 {
+        0.0
+    } else {
+        v
+    }
+}
+
+/// The exact `Σ x²` (L2) or `Σ |x|` (L1) over all elements, rounded once to the nearest f64 (ties
+/// to even); for Inf the largest magnitude. NaN if any element is NaN, else +inf if any is
+/// infinite; NaN for P norms (they have no exact sum).
+///
+/// Independent of the kernels: every element is split into an integer significand and an
+/// exponent from its f32 bit pattern (f16 and bf16 widened by `half`), squares are integer
+/// products, and the sum is a big integer (32-bit digits, weight 2^-400 for digit 0) rounded
+/// bit by bit. No floating-point arithmetic touches the sum.
+pub fn exact_sum(grads: &[Grad<'_>], norm_type: NormType) -> f64 {
+    const OFFSET: i32 = 400;
+    let values: Vec<f32> = grads
+        .iter()
+        .flat_map(|g| -> Vec<f32> {
+            match *g {
+                Grad::F32(s) => s.to_vec(),
+                Grad::F16(s) => s.iter().map(|x| x.to_f32()).collect(),
+                Grad::BF16(s) => s.iter().map(|x| x.to_f32()).collect(),
+            }
+        })
+        .collect();
+    if values.iter().any(|v| v.is_nan()) {
+        return f64::NAN;
+    }
+    if values.iter().any(|v| v.is_infinite()) {
+        return f64::INFINITY;
+    }
+    let square = match norm_type {
+        NormType::L2 => true,
+        NormType::L1 => false,
+        NormType::Inf => return values.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64)),
+        NormType::P(_) => return f64::NAN,
+    };
+    let mut n = BigNat(Vec::new());
+    for &v in &values {
+        let (m, e) = f32_integer_parts(v);
+        if m == 0 {
+            continue;
+        }
+        if square {
+            n.add_shifted(m * m, (2 * e + OFFSET) as usize);
+        } else {
+            n.add_shifted(m, (e + OFFSET) as usize);
+        }
+    }
+    round_big(&n, OFFSET)
+}
+
+/// The norm of [`exact_sum`]: its IEEE square root for L2, the sum itself for L1 and Inf.
+pub fn exact_norm(grads: &[Grad<'_>], norm_type: NormType) -> f64 {
+    let s = exact_sum(grads, norm_type);
+    if norm_type == NormType::L2 {
+        s.sqrt()
+    } else {
+        s
+    }
+}

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use gradclip::{
-    bf16, clip_grad_norm_, f16, get_total_norm_with_isa, reference, scale_with_isa_, ClipOptions,
-    Grad, GradMut, Isa, NormType, CHUNK_ELEMS,
+    bf16, clip_grad_norm_, exact_partial_with_isa, f16, get_total_norm_with_isa, reference,
+    scale_with_isa_, ClipOptions, Grad, GradMut, Isa, NormType, CHUNK_ELEMS,
 };
 
 #[test]
@@ -96,6 +96,58 @@ fn every_isa_equals_portable_bit_for_bit() {
                 get_total_norm_with_isa(&[b.grad()], NormType::L2, isa),
                 want
             );
+        }
+    }
+}
+
+/// Exact mode on every available ISA (under miri on aarch64: NEON): the integer reference's
+/// value and the same partial bytes, on every tail of a group with specials mixed in, with one,
+/// two and three bins and the integer path for a full-range block; a cut anywhere gives the same
+/// bytes.
+#[test]
+fn exact_every_isa_matches_the_integer_reference() {
+    let mut v = Rng(78).vec_f32(140);
+    v[3] = f32::from_bits(1);
+    v[8] = 0.0;
+    v[20] = -65504.0;
+    v[33] = 3.0e-39;
+    let mut wide = v.clone();
+    wide[70] = f32::MAX;
+    wide[71] = 1e-30;
+    let lens: &[usize] = if cfg!(miri) {
+        &[0, 1, 15, 16, 17, 40, 100]
+    } else {
+        &[0, 1, 2, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 130]
+    };
+    for src in [&v, &wide] {
+        for &len in lens {
+            let off = len % 4;
+            for b in Buf::all_dtypes(&src[off..off + len]) {
+                let g = [b.grad()];
+                for nt in [NormType::L2, NormType::L1, NormType::Inf] {
+                    let want = reference::exact_sum(&g, nt);
+                    let p0 = exact_partial_with_isa(&g, nt, Isa::Portable).unwrap();
+                    for isa in Isa::available() {
+                        let p = exact_partial_with_isa(&g, nt, isa).unwrap();
+                        let s = p.sum();
+                        assert!(
+                            s.to_bits() == want.to_bits() || (s.is_nan() && want.is_nan()),
+                            "{isa:?} {nt:?} len {len}: {s:e} vs {want:e}"
+                        );
+                        assert_eq!(p, p0, "{isa:?} {nt:?} len {len}");
+                        // Any cut, merged either way round.
+                        let cut = len / 3;
+                        let (l, r) = match b.grad() {
+                            Grad::F32(s) => (Grad::F32(&s[..cut]), Grad::F32(&s[cut..])),
+                            Grad::F16(s) => (Grad::F16(&s[..cut]), Grad::F16(&s[cut..])),
+                            Grad::BF16(s) => (Grad::BF16(&s[..cut]), Grad::BF16(&s[cut..])),
+                        };
+                        let pl = exact_partial_with_isa(&[l], nt, isa).unwrap();
+                        let pr = exact_partial_with_isa(&[r], nt, isa).unwrap();
+                        assert_eq!(pr.merge(pl), p0, "{isa:?} {nt:?} len {len} cut");
+                    }
+                }
+            }
         }
     }
 }

@@ -9,8 +9,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gradclip::{
-    bf16, clip_grad_norm_, f16, get_total_norm, per_buffer_partials, ClipOptions, GradMut,
-    NormPartial, NormType,
+    bf16, clip_grad_norm_, exact_partial, f16, get_total_norm, get_total_norm_exact,
+    per_buffer_partials, ClipOptions, GradMut, NormPartial, NormType, Summation,
 };
 
 struct Counting;
@@ -85,6 +85,19 @@ fn allocations(d: &mut Data, rounds: usize) -> usize {
             gradclip::scale_(&mut grads, 2.0).unwrap();
         }
         per_buffer_partials(&grads, NormType::L2, &mut out).unwrap();
+        // Exact mode: norms, partials and clips.
+        for nt in [NormType::L2, NormType::L1, NormType::Inf] {
+            let norm = get_total_norm_exact(&grads, nt).unwrap();
+            assert_eq!(exact_partial(&grads, nt).unwrap().finish(), norm);
+            let opts = ClipOptions {
+                norm_type: nt,
+                summation: Summation::Exact,
+                ..ClipOptions::default()
+            };
+            let r = clip_grad_norm_(&mut grads, norm / 2.0, opts).unwrap();
+            assert!(r.clipped);
+            gradclip::scale_(&mut grads, 2.0).unwrap();
+        }
     }
     ALLOCS.load(Ordering::SeqCst) - before
 }

@@ -13,9 +13,10 @@ use std::time::Instant;
 
 use gradclip::baseline::{read_roofline_par, rmw_roofline_par};
 use gradclip::{
-    bf16, clip_grad_norm_, f16, get_total_norm, scale_, ClipOptions, DType, Element, Grad, GradMut,
-    NormType,
+    bf16, clip_grad_norm_, f16, get_total_norm, get_total_norm_exact, scale_, ClipOptions, DType,
+    Element, Grad, GradMut, NormType,
 };
+use rayon::prelude::*;
 
 /// Arguments of `gradclip bench`.
 #[derive(clap::Args, Debug)]
@@ -38,8 +39,13 @@ pub struct BenchArgs {
     /// Samples per measurement (the median is reported).
     #[arg(long, default_value_t = 7)]
     samples: usize,
-    /// Only these ops (repeatable): norm_l2, norm_l1, norm_inf, scale, clip_noop, clip, many_small.
-    #[arg(long = "op", value_parser = ["norm_l2", "norm_l1", "norm_inf", "scale", "clip_noop", "clip", "many_small"])]
+    /// Only these ops (repeatable): norm_l2, norm_l1, norm_inf, scale, clip_noop, clip, many_small,
+    /// and the exact mode: norm_l2_exact, norm_l1_exact (gradient-like data), norm_l2_exact_heavy
+    /// (heavy-tailed), norm_l2_exact_adversarial (the whole finite range).
+    #[arg(long = "op", value_parser = [
+        "norm_l2", "norm_l1", "norm_inf", "scale", "clip_noop", "clip", "many_small",
+        "norm_l2_exact", "norm_l1_exact", "norm_l2_exact_heavy", "norm_l2_exact_adversarial",
+    ])]
     ops: Vec<String>,
     /// Only these dtypes (repeatable): f32, f16, bf16.
     #[arg(long = "dtype", value_parser = ["f32", "f16", "bf16"])]
@@ -73,7 +79,8 @@ struct Row {
     gbps: f64,
     roofline_gbps: f64,
     naive_gbps: f64,
-    /// Table-only comparison (many_small: one buffer of the same bytes).
+    /// Table-only comparison (many_small: one buffer of the same bytes; exact rows: the
+    /// compensated norm of the same data), as (label, GB/s).
     extra: Option<(&'static str, f64)>,
 }
 
@@ -272,7 +279,15 @@ fn bench_dtype<T: Wrap>(
     samples: usize,
     filter: &Filter,
 ) {
-    if !filter.dtype(T::DTYPE) {
+    let ops = [
+        "norm_l2",
+        "norm_l1",
+        "norm_inf",
+        "scale",
+        "clip_noop",
+        "clip",
+    ];
+    if !filter.dtype(T::DTYPE) || !ops.iter().any(|o| filter.op(o)) {
         return;
     }
     let n = bytes / std::mem::size_of::<T>();
@@ -410,6 +425,139 @@ fn bench_dtype<T: Wrap>(
     rows.push(Row::measured("clip", dtype, bytes, threads, &clean));
 }
 
+/// The data the exact rows run on.
+#[derive(Clone, Copy, PartialEq)]
+enum ExactData {
+    /// Tensors of 1,000 to 1,000,000 elements, each N(0, σ) with σ log-uniform over 1e-6..1.
+    GradientLike,
+    /// The same tensors, Cauchy-distributed (heavy tails, clamped at 10^4) times σ.
+    HeavyTailed,
+    /// Random bit patterns over the whole finite range of the dtype (zeros and subnormals too).
+    Adversarial,
+}
+
+/// xorshift64 step.
+fn next(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+fn unit(s: &mut u64) -> f64 {
+    ((next(s) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+}
+
+/// Fills `v` with `kind` data, in parallel over 1 Mi-element pieces seeded by their index (so
+/// the values do not depend on the thread count). A tensor boundary falls every few hundred
+/// thousand elements.
+fn fill_exact<T: Element>(v: &mut [T], kind: ExactData) {
+    v.par_chunks_mut(1 << 20)
+        .enumerate()
+        .for_each(|(i, piece)| {
+            let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            next(&mut s);
+            let mut left = 0usize;
+            let mut sigma = 1.0f64;
+            for x in piece.iter_mut() {
+                if left == 0 {
+                    left = 1_000 + (next(&mut s) % 999_000) as usize;
+                    sigma = 10f64.powf(-6.0 * unit(&mut s));
+                }
+                left -= 1;
+                *x = match kind {
+                    ExactData::GradientLike => {
+                        let r = (-2.0 * unit(&mut s).ln()).sqrt();
+                        T::from_f32_rne(
+                            (r * (std::f64::consts::TAU * unit(&mut s)).cos() * sigma) as f32,
+                        )
+                    }
+                    ExactData::HeavyTailed => {
+                        // Clamped so that f16 stays finite (65504): tails up to 10^4 σ.
+                        let c = (std::f64::consts::PI * (unit(&mut s) - 0.5))
+                            .tan()
+                            .clamp(-1e4, 1e4);
+                        T::from_f32_rne((c * sigma) as f32)
+                    }
+                    ExactData::Adversarial => loop {
+                        let bits = next(&mut s);
+                        let y = if std::mem::size_of::<T>() == 2 {
+                            T::from_abs_bits((bits & 0x7FFF) as u32)
+                        } else {
+                            T::from_abs_bits((bits & 0x7FFF_FFFF) as u32)
+                        };
+                        if y.abs_bits() < T::INF_BITS {
+                            break y;
+                        }
+                    },
+                };
+            }
+        });
+}
+
+/// Exact-mode rows: the exact norm, the read roofline, the naive loop and (table only) the
+/// compensated norm of the same data, interleaved.
+fn bench_exact<T: Wrap>(
+    rows: &mut Vec<Row>,
+    bytes: usize,
+    threads: usize,
+    samples: usize,
+    filter: &Filter,
+) {
+    let ops = [
+        "norm_l2_exact",
+        "norm_l1_exact",
+        "norm_l2_exact_heavy",
+        "norm_l2_exact_adversarial",
+    ];
+    if !filter.dtype(T::DTYPE) || !ops.iter().any(|o| filter.op(o)) {
+        return;
+    }
+    let n = bytes / std::mem::size_of::<T>();
+    let bytes = n * std::mem::size_of::<T>();
+    let mut data = vec![T::ZERO; n];
+    let mut filled = None;
+    for (op, nt, kind) in [
+        ("norm_l2_exact", NormType::L2, ExactData::GradientLike),
+        ("norm_l1_exact", NormType::L1, ExactData::GradientLike),
+        ("norm_l2_exact_heavy", NormType::L2, ExactData::HeavyTailed),
+        (
+            "norm_l2_exact_adversarial",
+            NormType::L2,
+            ExactData::Adversarial,
+        ),
+    ] {
+        if !filter.op(op) {
+            continue;
+        }
+        if filled != Some(kind) {
+            fill_exact(&mut data, kind);
+            filled = Some(kind);
+        }
+        let raw: &[u8] = bytemuck::cast_slice(&data);
+        let t = measure(
+            samples,
+            &mut [
+                &mut || {
+                    black_box(read_roofline_par(black_box(raw), threads));
+                },
+                &mut || {
+                    black_box(get_total_norm_exact(&[T::wrap(black_box(&data))], nt).ok());
+                },
+                &mut || {
+                    black_box(naive_norm(black_box(&data), nt));
+                },
+                &mut || {
+                    black_box(get_total_norm(&[T::wrap(black_box(&data))], nt).ok());
+                },
+            ],
+        );
+        let mut row = Row::measured(op, T::DTYPE, bytes, threads, &t);
+        row.extra = Some(("compensated", gbps(bytes, t[3])));
+        rows.push(row);
+    }
+}
+
 /// 10,000 buffers of 100..10,000 elements against one buffer of the same bytes.
 fn bench_many_small(rows: &mut Vec<Row>, threads: usize, samples: usize) {
     let mut s = 0x1234_5678u64;
@@ -462,18 +610,22 @@ fn bench_many_small(rows: &mut Vec<Row>, threads: usize, samples: usize) {
         gbps: gbps(bytes, t[1]),
         roofline_gbps: gbps(bytes, t[0]),
         naive_gbps: gbps(bytes, t[3]),
-        extra: Some(("one_buffer_gbps", gbps(bytes, t[2]))),
+        extra: Some(("one buffer", gbps(bytes, t[2]))),
     });
 }
 
 /// The ops of the JSON schema (`gradclip bench --json`); the full clip row is table-only.
-const JSON_OPS: [&str; 6] = [
+const JSON_OPS: [&str; 10] = [
     "norm_l2",
     "norm_l1",
     "norm_inf",
     "scale",
     "clip_noop",
     "many_small",
+    "norm_l2_exact",
+    "norm_l1_exact",
+    "norm_l2_exact_heavy",
+    "norm_l2_exact_adversarial",
 ];
 
 /// One `--json` line, fields in the documented order.
@@ -510,11 +662,11 @@ fn print_row(r: &Row, json: bool) {
         }
     } else {
         let extra = match r.extra {
-            Some((_, v)) => format!("  one buffer {v:6.1} GB/s ({:.2}×)", r.gbps / v),
+            Some((label, v)) => format!("  {label} {v:6.1} GB/s ({:.2}×)", r.gbps / v),
             None => String::new(),
         };
         outln!(
-            "{:<11} {:<5} {:>10} {:>3} {:>8.1} {:>9.1} {:>7.2} {:>9.1}×{extra}",
+            "{:<25} {:<5} {:>10} {:>3} {:>8.1} {:>9.1} {:>7.2} {:>9.1}×{extra}",
             r.op,
             r.dtype.name(),
             human_bytes(r.bytes),
@@ -555,7 +707,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         );
         outln!(
-            "{:<11} {:<5} {:>10} {:>3} {:>8} {:>9} {:>7} {:>10}",
+            "{:<25} {:<5} {:>10} {:>3} {:>8} {:>9} {:>7} {:>10}",
             "op",
             "dtype",
             "size",
@@ -589,6 +741,9 @@ pub fn run(args: BenchArgs) -> ExitCode {
                 bench_dtype::<f32>(&mut rows, size, t, args.samples, &filter);
                 bench_dtype::<f16>(&mut rows, size, t, args.samples, &filter);
                 bench_dtype::<bf16>(&mut rows, size, t, args.samples, &filter);
+                bench_exact::<f32>(&mut rows, size, t, args.samples, &filter);
+                bench_exact::<f16>(&mut rows, size, t, args.samples, &filter);
+                bench_exact::<bf16>(&mut rows, size, t, args.samples, &filter);
                 for r in &rows {
                     print_row(r, args.json);
                 }

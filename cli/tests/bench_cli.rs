@@ -71,6 +71,47 @@ fn bench_json_lines_follow_the_schema() {
 }
 
 #[test]
+fn exact_rows_are_json_rows_of_their_own() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gradclip"))
+        .args(["bench", "--json", "--size", "65536", "--samples", "1"])
+        .args(["--threads", "1", "--no-cache-rows"])
+        .args(["--op", "norm_l2_exact", "--op", "norm_l2_exact_adversarial"])
+        .output()
+        .expect("run gradclip");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut ops: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v.as_object().unwrap().len(), KEYS.len(), "{l}");
+            assert!(v["gbps"].as_f64().unwrap() > 0.0);
+            format!(
+                "{} {}",
+                v["op"].as_str().unwrap(),
+                v["dtype"].as_str().unwrap()
+            )
+        })
+        .collect();
+    ops.sort();
+    assert_eq!(
+        ops,
+        [
+            "norm_l2_exact bf16",
+            "norm_l2_exact f16",
+            "norm_l2_exact f32",
+            "norm_l2_exact_adversarial bf16",
+            "norm_l2_exact_adversarial f16",
+            "norm_l2_exact_adversarial f32",
+        ]
+    );
+}
+
+#[test]
 fn bench_rejects_bad_arguments_in_one_line() {
     for args in [
         vec!["bench", "--size", "12"],

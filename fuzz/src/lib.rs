@@ -20,8 +20,9 @@
 use gradclip::reference;
 use gradclip::st::{self, StError};
 use gradclip::{
-    bf16, f16, first_nonfinite, get_total_norm_with_isa, per_buffer_partials, scale_with_isa_,
-    Error, Grad, GradMut, Isa, NonFinite, NormPartial, NormType, CHUNK_ELEMS,
+    bf16, exact_partial_with_isa, f16, first_nonfinite, get_total_norm_exact_with_isa,
+    get_total_norm_with_isa, per_buffer_partials, scale_with_isa_, Error, ExactPartial, Grad,
+    GradMut, Isa, NonFinite, NormPartial, NormType, CHUNK_ELEMS,
 };
 
 /// Reads control bytes and payload from the fuzz input; past the end it yields zeros.
@@ -262,6 +263,8 @@ pub fn kernels_differential(data: &[u8]) {
         }
     }
 
+    check_exact(&grads, first, &isas, factor_bits);
+
     // Scaling: every ISA equal to round_to_dtype(f32(x) * f32(factor)), bit for bit. Scaling
     // is element-wise, so long buffers add nothing here but time.
     if long {
@@ -301,6 +304,55 @@ pub fn kernels_differential(data: &[u8]) {
                 _ => unreachable!("dtype changed"),
             }
         }
+    }
+}
+
+/// Exact mode: on every ISA, the sum is the integer reference's exactly rounded value and the
+/// partial has the same bytes; the first buffer cut at a fuzz-chosen element, and the per-buffer
+/// partials merged in reverse order, give those bytes again.
+fn check_exact(grads: &[Grad<'_>], first: Option<NonFinite>, isas: &[Isa], cut: u64) {
+    for norm_type in [NormType::L2, NormType::L1, NormType::Inf] {
+        let want = reference::exact_sum(grads, norm_type);
+        // Equality of partials is equality of their bytes (every field is an integer).
+        let mut bytes: Option<ExactPartial> = None;
+        for &isa in isas {
+            let p = exact_partial_with_isa(grads, norm_type, isa).expect("exact kind");
+            assert!(
+                same(p.sum(), want),
+                "{} {norm_type:?}: exact sum {:e}, reference {want:e}",
+                isa.name(),
+                p.sum()
+            );
+            assert_eq!(p.is_finite(), first.is_none(), "{} flags", isa.name());
+            match &bytes {
+                None => bytes = Some(p),
+                Some(w) => assert_eq!(&p, w, "{} {norm_type:?}: bytes differ", isa.name()),
+            }
+            match (get_total_norm_exact_with_isa(grads, norm_type, isa), &first) {
+                (Ok(x), None) => assert!(same(x, p.finish()), "{} norm", isa.name()),
+                (Err(Error::NonFinite(nf)), Some(f)) => assert!(same_nonfinite(&nf, f)),
+                (got, _) => panic!("{} {norm_type:?}: {got:?}, first {first:?}", isa.name()),
+            }
+        }
+        let whole = bytes.expect("the portable ISA is always available");
+        let Some((g0, rest)) = grads.split_first() else {
+            continue;
+        };
+        let at = (cut as usize) % (g0.len() + 1);
+        let (a, b) = match *g0 {
+            Grad::F32(s) => (Grad::F32(&s[..at]), Grad::F32(&s[at..])),
+            Grad::F16(s) => (Grad::F16(&s[..at]), Grad::F16(&s[at..])),
+            Grad::BF16(s) => (Grad::BF16(&s[..at]), Grad::BF16(&s[at..])),
+        };
+        let mut cut_set = vec![b, a];
+        cut_set.extend_from_slice(rest);
+        let isa = isas[(cut >> 32) as usize % isas.len()];
+        let p = exact_partial_with_isa(&cut_set, norm_type, isa).expect("exact kind");
+        assert_eq!(p, whole, "cut at {at} on {}", isa.name());
+        let merged = cut_set.iter().rev().fold(ExactPartial::EMPTY, |m, g| {
+            m.merge(exact_partial_with_isa(&[*g], norm_type, isa).expect("exact kind"))
+        });
+        assert_eq!(merged, whole, "merged on {}", isa.name());
     }
 }
 

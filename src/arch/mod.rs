@@ -20,6 +20,8 @@ pub use crate::isa::{Dispatch, Isa};
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+pub(crate) mod exact;
+mod exact_portable;
 pub(crate) mod generic;
 mod portable;
 #[cfg(target_arch = "x86_64")]

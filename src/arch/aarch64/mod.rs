@@ -5,6 +5,8 @@
 //! registers for the scale. f16 is widened and narrowed with the bit logic of [`crate::lanes`]
 //! on NEON registers, bf16 with the even/odd word split of [`super::generic::bf16_lane_source`].
 
+mod exact_neon;
+
 use std::arch::aarch64::*;
 
 use half::{bf16, f16};

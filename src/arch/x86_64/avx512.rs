@@ -43,7 +43,7 @@ impl Avx512 {
     /// # Safety
     /// The CPU must support every feature [`Avx512::detect`] checks.
     #[inline(always)]
-    unsafe fn new_unchecked() -> Self {
+    pub(super) unsafe fn new_unchecked() -> Self {
         Avx512(())
     }
 

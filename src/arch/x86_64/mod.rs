@@ -17,6 +17,8 @@ use crate::isa::Isa;
 use crate::lanes::Lanes32;
 
 mod avx512;
+mod exact_avx2;
+mod exact_avx512;
 pub(super) use avx512::Avx512;
 
 /// Proof that the CPU supports AVX2, FMA and F16C. Holding one discharges those obligations.
