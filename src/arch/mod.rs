@@ -118,6 +118,8 @@ impl Kernels {
                 .rev()
                 .find_map(Kernels::for_isa)
                 .unwrap_or(portable::kernels());
+            // Only x86_64 has a substitution rule today.
+            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
             let mut k = *best;
             #[cfg(target_arch = "x86_64")]
             if k.isa == Isa::Avx512 && x86_64::CpuId::read().avx512_half_width() {
