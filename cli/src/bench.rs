@@ -11,10 +11,10 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use gradclip::baseline::{read_roofline_par, rmw_roofline_par};
+use gradclip::baseline::{compute_roofline, read_roofline_par, rmw_roofline_par};
 use gradclip::{
-    bf16, clip_grad_norm_, f16, get_total_norm, get_total_norm_exact, scale_, ClipOptions, DType,
-    Element, Grad, GradMut, NormType,
+    bf16, clip_grad_norm_, dispatch, f16, get_total_norm, get_total_norm_exact, scale_,
+    ClipOptions, DType, Element, Grad, GradMut, Isa, NormType,
 };
 use rayon::prelude::*;
 
@@ -22,6 +22,12 @@ use rayon::prelude::*;
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Examples:\n  gradclip bench\n  gradclip bench --size 1073741824 --threads 2 --json\n\n\
+Two rooflines: the read roofline (XOR of the same bytes, measured beside each row) and, for the \
+sums (norm_l2, norm_l1, clip_noop, the exact rows), the compute roofline: each element widened \
+to f64 and its square added to plain f64 lanes, in cache, on the ISA the sums run on, times the \
+thread count (rows compute_roofline_<isa>, one per dtype and ISA). `--json` prints the rows of \
+its schema (norm_l2, norm_l1, norm_inf, scale, clip_noop, many_small) and, only when asked for \
+with --op, the exact and compute_roofline rows (same keys).\n\n\
 --size is at most 64 GiB and must fit four times in the memory available; --samples is at \
 most 1000, --threads at most 1024 (exit 2 otherwise). Output to a pipe that closes early \
 (`gradclip bench | head -1`) ends the run quietly with exit status 0."
@@ -40,11 +46,13 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 7)]
     samples: usize,
     /// Only these ops (repeatable): norm_l2, norm_l1, norm_inf, scale, clip_noop, clip, many_small,
-    /// and the exact mode: norm_l2_exact, norm_l1_exact (gradient-like data), norm_l2_exact_heavy
-    /// (heavy-tailed), norm_l2_exact_adversarial (the whole finite range).
+    /// the exact mode: norm_l2_exact, norm_l1_exact (gradient-like data), norm_l2_exact_heavy
+    /// (heavy-tailed), norm_l2_exact_adversarial (the whole finite range), and compute_roofline
+    /// (the sums' unavoidable arithmetic in cache, per ISA).
     #[arg(long = "op", value_parser = [
         "norm_l2", "norm_l1", "norm_inf", "scale", "clip_noop", "clip", "many_small",
         "norm_l2_exact", "norm_l1_exact", "norm_l2_exact_heavy", "norm_l2_exact_adversarial",
+        "compute_roofline",
     ])]
     ops: Vec<String>,
     /// Only these dtypes (repeatable): f32, f16, bf16.
@@ -82,6 +90,9 @@ struct Row {
     /// Table-only comparison (many_small: one buffer of the same bytes; exact rows: the
     /// compensated norm of the same data), as (label, GB/s).
     extra: Option<(&'static str, f64)>,
+    /// The compute roofline of the sums for this dtype on the sums' ISA, times the thread count
+    /// (rows of sums only).
+    compute_gbps: Option<f64>,
 }
 
 impl Row {
@@ -96,8 +107,78 @@ impl Row {
             roofline_gbps: gbps(bytes, t[0]),
             naive_gbps: gbps(bytes, t[2]),
             extra: None,
+            compute_gbps: None,
         }
     }
+
+    /// Attaches the compute roofline to a row of sums.
+    fn with_compute(mut self, compute: &Compute) -> Row {
+        self.compute_gbps = compute.for_sums(self.dtype, self.threads);
+        self
+    }
+}
+
+/// The compute rooflines measured at the start of the run: (dtype, ISA, GB/s on one thread).
+#[derive(Default)]
+struct Compute(Vec<(DType, Isa, f64)>);
+
+impl Compute {
+    /// The sums' compute roofline for `dtype` with `threads` threads: one thread's rate on the
+    /// ISA the sums run on, times the thread count.
+    fn for_sums(&self, dtype: DType, threads: usize) -> Option<f64> {
+        let isa = dispatch().sums;
+        self.0
+            .iter()
+            .find(|(d, i, _)| *d == dtype && *i == isa)
+            .map(|(_, _, g)| g * threads as f64)
+    }
+}
+
+/// The compute roofline rows: per dtype and available ISA, on a cache-resident 256 KiB buffer
+/// on the calling thread, interleaved with the read roofline of the same bytes and the naive
+/// loop. Returns the rows and the rates the other rows are compared with.
+fn bench_compute(samples: usize, filter: &Filter) -> (Vec<Row>, Compute) {
+    fn one<T: Wrap>(rows: &mut Vec<Row>, compute: &mut Compute, samples: usize, filter: &Filter) {
+        if !filter.dtype(T::DTYPE) {
+            return;
+        }
+        let n = (256 << 10) / std::mem::size_of::<T>();
+        let mut v = filled(n, T::ZERO);
+        fill(&mut v, 0xC0FE);
+        let raw = copied(bytemuck::cast_slice::<T, u8>(&v));
+        let bytes = raw.len();
+        for isa in Isa::available() {
+            let t = measure(
+                samples,
+                &mut [
+                    &mut || {
+                        black_box(read_roofline_par(black_box(&raw), 1));
+                    },
+                    &mut || {
+                        black_box(compute_roofline(T::wrap(black_box(&v)), isa).ok());
+                    },
+                    &mut || {
+                        black_box(naive_norm(black_box(&v), NormType::L2));
+                    },
+                ],
+            );
+            let op = match isa {
+                Isa::Avx512 => "compute_roofline_avx512",
+                Isa::Avx2 => "compute_roofline_avx2",
+                Isa::Neon => "compute_roofline_neon",
+                _ => "compute_roofline_portable",
+            };
+            let row = Row::measured(op, T::DTYPE, bytes, 1, &t);
+            compute.0.push((T::DTYPE, isa, row.gbps));
+            rows.push(row);
+        }
+    }
+    let mut rows = Vec::new();
+    let mut compute = Compute::default();
+    one::<f32>(&mut rows, &mut compute, samples, filter);
+    one::<f16>(&mut rows, &mut compute, samples, filter);
+    one::<bf16>(&mut rows, &mut compute, samples, filter);
+    (rows, compute)
 }
 
 /// The largest `--size`: the bench holds [`BUFFERS`] buffers of it at once.
@@ -278,6 +359,7 @@ fn bench_dtype<T: Wrap>(
     threads: usize,
     samples: usize,
     filter: &Filter,
+    compute: &Compute,
 ) {
     let ops = [
         "norm_l2",
@@ -323,7 +405,12 @@ fn bench_dtype<T: Wrap>(
                 },
             ],
         );
-        rows.push(Row::measured(op, dtype, bytes, threads, &t));
+        let row = Row::measured(op, dtype, bytes, threads, &t);
+        rows.push(if nt == NormType::Inf {
+            row
+        } else {
+            row.with_compute(compute)
+        });
     }
 
     // Scale pass: alternate factors so the values stay in range over many samples.
@@ -374,7 +461,7 @@ fn bench_dtype<T: Wrap>(
                 },
             ],
         );
-        rows.push(Row::measured("clip_noop", dtype, bytes, threads, &t));
+        rows.push(Row::measured("clip_noop", dtype, bytes, threads, &t).with_compute(compute));
     }
     if !filter.op("clip") {
         return;
@@ -503,6 +590,7 @@ fn bench_exact<T: Wrap>(
     threads: usize,
     samples: usize,
     filter: &Filter,
+    compute: &Compute,
 ) {
     let ops = [
         "norm_l2_exact",
@@ -552,7 +640,7 @@ fn bench_exact<T: Wrap>(
                 },
             ],
         );
-        let mut row = Row::measured(op, T::DTYPE, bytes, threads, &t);
+        let mut row = Row::measured(op, T::DTYPE, bytes, threads, &t).with_compute(compute);
         row.extra = Some(("compensated", gbps(bytes, t[3])));
         rows.push(row);
     }
@@ -611,21 +699,27 @@ fn bench_many_small(rows: &mut Vec<Row>, threads: usize, samples: usize) {
         roofline_gbps: gbps(bytes, t[0]),
         naive_gbps: gbps(bytes, t[3]),
         extra: Some(("one buffer", gbps(bytes, t[2]))),
+        compute_gbps: None,
     });
 }
 
 /// The ops of the JSON schema (`gradclip bench --json`); the full clip row is table-only.
-const JSON_OPS: [&str; 10] = [
+const JSON_OPS: [&str; 6] = [
     "norm_l2",
     "norm_l1",
     "norm_inf",
     "scale",
     "clip_noop",
     "many_small",
+];
+
+/// Rows printed with `--json` only when `--op` asks for them (same keys as the schema's rows).
+const JSON_ON_REQUEST: [&str; 5] = [
     "norm_l2_exact",
     "norm_l1_exact",
     "norm_l2_exact_heavy",
     "norm_l2_exact_adversarial",
+    "compute_roofline",
 ];
 
 /// One `--json` line, fields in the documented order.
@@ -641,9 +735,12 @@ struct JsonRow {
     naive_gbps: f64,
 }
 
-fn print_row(r: &Row, json: bool) {
+fn print_row(r: &Row, json: bool, filter: &Filter) {
     if json {
-        if !JSON_OPS.contains(&r.op) {
+        let requested = JSON_ON_REQUEST
+            .iter()
+            .any(|o| r.op.starts_with(o) && filter.ops.iter().any(|f| f == o));
+        if !JSON_OPS.contains(&r.op) && !requested {
             return;
         }
         let row = JsonRow {
@@ -665,8 +762,12 @@ fn print_row(r: &Row, json: bool) {
             Some((label, v)) => format!("  {label} {v:6.1} GB/s ({:.2}×)", r.gbps / v),
             None => String::new(),
         };
+        let vs_compute = match r.compute_gbps {
+            Some(c) => format!("{:>7.2}", r.gbps / c),
+            None => format!("{:>7}", "-"),
+        };
         outln!(
-            "{:<25} {:<5} {:>10} {:>3} {:>8.1} {:>9.1} {:>7.2} {:>9.1}×{extra}",
+            "{:<25} {:<5} {:>10} {:>3} {:>8.1} {:>9.1} {:>7.2} {vs_compute} {:>9.1}×{extra}",
             r.op,
             r.dtype.name(),
             human_bytes(r.bytes),
@@ -700,14 +801,32 @@ pub fn run(args: BenchArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let filter = Filter {
+        ops: args.ops.clone(),
+        dtypes: args.dtypes.clone(),
+    };
     if !args.json {
+        let d = dispatch();
+        let families = if d.sums == d.scale && d.max_abs == d.scale {
+            String::new()
+        } else {
+            format!(
+                " (sums on {}, max-abs on {}, scale on {})",
+                d.sums.name(),
+                d.max_abs.name(),
+                d.scale.name()
+            )
+        };
         outln!(
-            "gradclip bench — ISA {}, {} CPUs; GB/s count the buffer's bytes once",
-            gradclip::Isa::selected().name(),
+            "gradclip bench — ISA {}{families}, {} CPUs; GB/s count the buffer's bytes once",
+            Isa::selected().name(),
             std::thread::available_parallelism().map_or(1, |n| n.get())
         );
         outln!(
-            "{:<25} {:<5} {:>10} {:>3} {:>8} {:>9} {:>7} {:>10}",
+            "ratio: to the read roofline; compute: to the sums' compute roofline (in cache, ×threads)"
+        );
+        outln!(
+            "{:<25} {:<5} {:>10} {:>3} {:>8} {:>9} {:>7} {:>7} {:>10}",
             "op",
             "dtype",
             "size",
@@ -715,13 +834,31 @@ pub fn run(args: BenchArgs) -> ExitCode {
             "GB/s",
             "roof GB/s",
             "ratio",
+            "compute",
             "vs naive"
         );
     }
-    let filter = Filter {
-        ops: args.ops.clone(),
-        dtypes: args.dtypes.clone(),
+    // The compute rooflines come first: every sum row is compared with them.
+    let sums = [
+        "norm_l2",
+        "norm_l1",
+        "clip_noop",
+        "norm_l2_exact",
+        "norm_l1_exact",
+        "norm_l2_exact_heavy",
+        "norm_l2_exact_adversarial",
+    ];
+    let needed = filter.op("compute_roofline") || (!args.json && sums.iter().any(|o| filter.op(o)));
+    let (compute_rows, compute) = if needed {
+        bench_compute(args.samples, &filter)
+    } else {
+        (Vec::new(), Compute::default())
     };
+    if filter.op("compute_roofline") {
+        for r in &compute_rows {
+            print_row(r, args.json, &filter);
+        }
+    }
     for &t in &threads {
         let pool = match rayon::ThreadPoolBuilder::new().num_threads(t).build() {
             Ok(p) => p,
@@ -738,14 +875,14 @@ pub fn run(args: BenchArgs) -> ExitCode {
             };
             for &size in sizes {
                 let mut rows = Vec::new();
-                bench_dtype::<f32>(&mut rows, size, t, args.samples, &filter);
-                bench_dtype::<f16>(&mut rows, size, t, args.samples, &filter);
-                bench_dtype::<bf16>(&mut rows, size, t, args.samples, &filter);
-                bench_exact::<f32>(&mut rows, size, t, args.samples, &filter);
-                bench_exact::<f16>(&mut rows, size, t, args.samples, &filter);
-                bench_exact::<bf16>(&mut rows, size, t, args.samples, &filter);
+                bench_dtype::<f32>(&mut rows, size, t, args.samples, &filter, &compute);
+                bench_dtype::<f16>(&mut rows, size, t, args.samples, &filter, &compute);
+                bench_dtype::<bf16>(&mut rows, size, t, args.samples, &filter, &compute);
+                bench_exact::<f32>(&mut rows, size, t, args.samples, &filter, &compute);
+                bench_exact::<f16>(&mut rows, size, t, args.samples, &filter, &compute);
+                bench_exact::<bf16>(&mut rows, size, t, args.samples, &filter, &compute);
                 for r in &rows {
-                    print_row(r, args.json);
+                    print_row(r, args.json, &filter);
                 }
             }
             let mut rows = Vec::new();
@@ -753,7 +890,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
                 bench_many_small(&mut rows, t, args.samples);
             }
             for r in &rows {
-                print_row(r, args.json);
+                print_row(r, args.json, &filter);
             }
         });
     }

@@ -196,3 +196,90 @@ fn bench_into_a_closed_pipe_ends_quietly() {
         );
     }
 }
+
+/// Without `--op`, `--json` prints the rows of its documented schema only; the exact and
+/// compute-roofline rows come when `--op` asks for them, with the same keys.
+#[test]
+fn json_schema_ops_by_default_compute_rows_on_request() {
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gradclip"))
+            .args(["bench", "--json", "--size", "65536", "--samples", "1"])
+            .args(["--threads", "1", "--no-cache-rows"])
+            .args(extra)
+            .output()
+            .expect("run gradclip");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                assert_eq!(v.as_object().unwrap().len(), KEYS.len(), "{l}");
+                v
+            })
+            .collect::<Vec<Value>>()
+    };
+    let schema = [
+        "norm_l2",
+        "norm_l1",
+        "norm_inf",
+        "scale",
+        "clip_noop",
+        "many_small",
+    ];
+    let rows = run(&[]);
+    assert!(!rows.is_empty());
+    for v in &rows {
+        assert!(schema.contains(&v["op"].as_str().unwrap()), "{v}");
+    }
+    let rows = run(&["--op", "compute_roofline", "--dtype", "f16"]);
+    let isas = gradclip::Isa::available();
+    assert_eq!(rows.len(), isas.len());
+    for (v, isa) in rows.iter().zip(&isas) {
+        assert_eq!(v["op"], format!("compute_roofline_{}", isa.name()));
+        assert_eq!(v["dtype"], "f16");
+        assert_eq!(v["bytes"], 256 << 10, "measured in cache");
+        assert!(v["gbps"].as_f64().unwrap() > 0.0);
+    }
+}
+
+/// The table compares every sum row with the sums' compute roofline (a number) and leaves the
+/// other rows blank ("-").
+#[test]
+fn table_reports_rows_against_both_rooflines() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gradclip"))
+        .args([
+            "bench",
+            "--size",
+            "65536",
+            "--samples",
+            "1",
+            "--threads",
+            "1",
+        ])
+        .args(["--no-cache-rows", "--dtype", "bf16"])
+        .args([
+            "--op",
+            "norm_l2",
+            "--op",
+            "norm_inf",
+            "--op",
+            "norm_l2_exact",
+        ])
+        .output()
+        .expect("run gradclip");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("compute"), "{text}");
+    let col = |op: &str| -> String {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(op))
+            .unwrap_or_else(|| panic!("no {op} row in {text}"));
+        // op, dtype, size (two words), threads, GB/s, roofline, ratio, compute
+        line.split_whitespace().nth(8).unwrap().to_string()
+    };
+    assert!(col("norm_l2").parse::<f64>().unwrap() > 0.0);
+    assert!(col("norm_l2_exact").parse::<f64>().unwrap() > 0.0);
+    assert_eq!(col("norm_inf"), "-");
+}

@@ -96,6 +96,14 @@ pub(crate) trait Backend: F64Ops + Lanes32 {
     fn load_f16(self, s: &[f16]) -> Self::F;
     /// `v` rounded to nearest-even f16 into the first `W` halves of `s` (panics if shorter).
     fn store_f16(self, v: Self::F, s: &mut [f16]);
+
+    /// Asks for the cache lines of `s` to be brought towards the core (a hint: no effect on any
+    /// result). The sums call it on the block after next, so memory keeps streaming while a
+    /// block is being widened. Backends without a stable prefetch hint do nothing.
+    #[inline(always)]
+    fn prefetch<T>(self, s: &[T]) {
+        let _ = s;
+    }
 }
 
 /// Which element of a 32-element bf16 group feeds virtual lane `lane`.
@@ -183,10 +191,16 @@ pub(crate) fn sum_chunk<B: Backend, T: LaneElement, const SQ: bool>(
 ) -> (f64, f64) {
     let mut s = b.zero();
     let mut c = b.zero();
-    for block in data.chunks(BLOCK) {
+    for (i, block) in data.chunks(BLOCK).enumerate() {
         let mut acc = b.zero();
+        // The block after next, one group's lines per group processed.
+        let ahead = data.get((i + 2) * BLOCK..).unwrap_or(&[]);
+        let mut ahead = ahead[..ahead.len().min(BLOCK)].chunks(LANES);
         let mut groups = block.chunks_exact(LANES);
         for g in &mut groups {
+            if let Some(a) = ahead.next() {
+                b.prefetch(a);
+            }
             let g: &[T; LANES] = g.try_into().expect("chunks_exact yields LANES elements");
             acc = T::accum::<B, SQ>(b, acc, g);
         }

@@ -10,7 +10,7 @@ use half::{bf16, f16};
 
 use super::super::generic::{Backend, LANES};
 use super::super::{kernel_table, Kernels};
-use super::Avx2;
+use super::{prefetch_lines, Avx2};
 use crate::compensated::F64Ops;
 use crate::isa::Isa;
 use crate::lanes::Lanes32;
@@ -285,5 +285,9 @@ impl Backend for Avx512 {
             let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
             _mm256_storeu_si256(s.as_mut_ptr() as *mut __m256i, h)
         }
+    }
+    #[inline(always)]
+    fn prefetch<T>(self, s: &[T]) {
+        prefetch_lines(s);
     }
 }

@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 use half::{bf16, f16};
 
 use super::super::exact::{exact_table, ExactKernels};
-use super::Avx512;
+use super::{prefetch_lines, Avx512};
 use crate::exact::accumulator::ChunkAcc;
 use crate::exact::block::{self, ExactBackend, ExactElement, Plan};
 use crate::isa::Isa;
@@ -204,12 +204,7 @@ impl ExactBackend for Avx512 {
     }
     #[inline(always)]
     fn prefetch<T>(self, s: &[T]) {
-        let p = s.as_ptr() as *const i8;
-        for off in (0..std::mem::size_of_val(s)).step_by(64) {
-            // SAFETY: a prefetch never faults, and the address is inside `s` anyway; SSE is
-            // baseline on x86_64.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(off)) }
-        }
+        prefetch_lines(s);
     }
     #[inline(always)]
     fn run_bins<T: ExactElement, const SQ: bool>(
