@@ -36,7 +36,8 @@
 //! ```
 #![deny(missing_docs, unsafe_op_in_unsafe_fn)]
 
-// Modules bottom-up: each uses only modules above it in this list (a test checks it).
+// Modules by layer, lowest first (rustfmt sorts each group alphabetically); a module uses only
+// its own layer and those above it in this list, and tests/layering.rs fails on any circle.
 // Vocabulary.
 mod compensated;
 pub mod dtype;
