@@ -28,23 +28,50 @@ fn grad_mut<T>(v: &mut [T], dtype: gradclip_dtype) -> gradclip_grad_mut {
     }
 }
 
+/// One buffer of each dtype.
+struct Mixed {
+    a: Vec<f32>,
+    b: Vec<f16>,
+    c: Vec<bf16>,
+}
+
+impl Mixed {
+    fn new() -> Mixed {
+        Mixed {
+            a: (0..37).map(|i| i as f32 * 0.37 - 5.0).collect(),
+            b: (0..11).map(|i| f16::from_f32(i as f32 * 0.5)).collect(),
+            c: (0..5).map(|i| bf16::from_f32(-(i as f32))).collect(),
+        }
+    }
+    fn descs(&self) -> [gradclip_grad; 3] {
+        [
+            grad(&self.a, gradclip_dtype::GRADCLIP_F32),
+            grad(&self.b, gradclip_dtype::GRADCLIP_F16),
+            grad(&self.c, gradclip_dtype::GRADCLIP_BF16),
+        ]
+    }
+    fn views(&self) -> [Grad<'_>; 3] {
+        [
+            Grad::from(&self.a),
+            Grad::from(&self.b),
+            Grad::from(&self.c),
+        ]
+    }
+}
+
+/// C `norm_type` values and their Rust norm types.
+const NORMS: [(f64, NormType); 4] = [
+    (2.0, NormType::L2),
+    (1.0, NormType::L1),
+    (f64::INFINITY, NormType::Inf),
+    (3.0, NormType::P(3.0)),
+];
+
 #[test]
 fn norms_and_partials_are_the_rust_apis_bits() {
-    let a: Vec<f32> = (0..37).map(|i| i as f32 * 0.37 - 5.0).collect();
-    let b: Vec<f16> = (0..11).map(|i| f16::from_f32(i as f32 * 0.5)).collect();
-    let c: Vec<bf16> = (0..5).map(|i| bf16::from_f32(-(i as f32))).collect();
-    let descs = [
-        grad(&a, gradclip_dtype::GRADCLIP_F32),
-        grad(&b, gradclip_dtype::GRADCLIP_F16),
-        grad(&c, gradclip_dtype::GRADCLIP_BF16),
-    ];
-    let views = [Grad::from(&a), Grad::from(&b), Grad::from(&c)];
-    for (p, nt) in [
-        (2.0, NormType::L2),
-        (1.0, NormType::L1),
-        (f64::INFINITY, NormType::Inf),
-        (3.0, NormType::P(3.0)),
-    ] {
+    let m = Mixed::new();
+    let (descs, views) = (m.descs(), m.views());
+    for (p, nt) in NORMS {
         let mut v = 0.0;
         // SAFETY: three valid descriptors; `v` is writable.
         let st = unsafe { gradclip_total_norm(descs.as_ptr(), 3, p, &mut v, null_mut()) };
@@ -90,21 +117,9 @@ fn exact_partial_is_the_rust_types_96_bytes() {
 
 #[test]
 fn exact_functions_are_the_rust_apis_bits() {
-    let a: Vec<f32> = (0..37).map(|i| i as f32 * 0.37 - 5.0).collect();
-    let b: Vec<f16> = (0..11).map(|i| f16::from_f32(i as f32 * 0.5)).collect();
-    let c: Vec<bf16> = (0..5).map(|i| bf16::from_f32(-(i as f32))).collect();
-    let descs = [
-        grad(&a, gradclip_dtype::GRADCLIP_F32),
-        grad(&b, gradclip_dtype::GRADCLIP_F16),
-        grad(&c, gradclip_dtype::GRADCLIP_BF16),
-    ];
-    let views = [Grad::from(&a), Grad::from(&b), Grad::from(&c)];
-    for (p, nt) in [
-        (2.0, NormType::L2),
-        (1.0, NormType::L1),
-        (f64::INFINITY, NormType::Inf),
-        (3.0, NormType::P(3.0)),
-    ] {
+    let m = Mixed::new();
+    let (descs, views) = (m.descs(), m.views());
+    for (p, nt) in NORMS {
         for (s, summation) in [
             (COMPENSATED, Summation::Compensated),
             (EXACT, Summation::Exact),
