@@ -62,6 +62,8 @@ typedef struct {
     size_t n;
     gradclip_grad_mut g[NTENSORS];
     gradclip_grad c[NTENSORS];
+    int tensor[NTENSORS];   /* piece i is elements start[i] .. start[i] + g[i].len */
+    size_t start[NTENSORS]; /* of tensor tensor[i] */
 } shard_t;
 
 static inline void shard_build(shard_t *s, int rank, int nranks) {
@@ -89,6 +91,8 @@ static inline void shard_build(shard_t *s, int rank, int nranks) {
             gradclip_grad gc = {p, b - a, d};
             s->g[s->n] = gm;
             s->c[s->n] = gc;
+            s->tensor[s->n] = t;
+            s->start[s->n] = a;
             s->n++;
         }
         base += TENSOR_LEN[t];

@@ -34,9 +34,10 @@
 #define GRADCLIP_ERR_NULL -1
 
 /**
- * A bad argument: norm type, max_norm, total_norm, factor, clip value, dtype or policy value,
- * a length whose byte size exceeds `PTRDIFF_MAX` or the address space, or a thread count the
- * system refused.
+ * A bad argument: norm type, max_norm, total_norm, factor, clip value, dtype, policy or
+ * summation value, a length whose byte size exceeds `PTRDIFF_MAX` or the address space, a
+ * thread count the system refused, or a P norm (p other than 1, 2 and `INFINITY`) asked of an
+ * exact partial.
  */
 #define GRADCLIP_ERR_ARG -2
 
@@ -99,6 +100,27 @@ typedef enum {
      */
     GRADCLIP_ON_NONFINITE_PROPAGATE = 2,
 } gradclip_on_nonfinite;
+
+/**
+ * How `gradclip_total_norm_with` and `gradclip_clip_grad_norm_with` sum L2 and L1 norms.
+ * Inf (max |x|) is exact either way; P norms (p other than 1, 2 and `INFINITY`) are always
+ * computed as in COMPENSATED.
+ */
+typedef enum {
+    /**
+     * What `gradclip_total_norm` and `gradclip_clip_grad_norm` do: compensated f64 sums, within
+     * 1e-14 relative of the exact value, the same bits for any thread count and instruction
+     * set, but not for a different split of the same numbers into buffers or shards.
+     */
+    GRADCLIP_SUMMATION_COMPENSATED = 0,
+    /**
+     * The exact sum rounded once to the nearest double (L2: the correctly rounded square root
+     * of the correctly rounded sum of squares): the same bits for any split of the data into
+     * buffers or shards, any merge order, thread count and instruction set. The Rust
+     * `gradclip::Summation::Exact`.
+     */
+    GRADCLIP_SUMMATION_EXACT = 1,
+} gradclip_summation;
 
 /**
  * A read-only gradient buffer: `len` elements (not bytes) of `dtype` at `data`. `data` may be
@@ -187,6 +209,24 @@ typedef struct {
     uint8_t bytes[40];
 } gradclip_partial;
 
+/**
+ * The exact mergeable state of an L1, L2 or Inf norm over part of the gradients: 96 bytes, the
+ * same bytes as the Rust `gradclip::ExactPartial` (the exact sum as a fixed-point integer, the
+ * largest magnitude, the norm kind and NaN/inf flags), to send as they are through any
+ * collective (e.g. `MPI_Allgather` of 96 `MPI_BYTE`). Merging is integer addition: the bytes of
+ * a merged partial depend only on the elements that went in, so the partials of any split of
+ * the data (buffers, shards, ranks), merged in any order, finish to the same bits as the whole
+ * data in one process (`gradclip_total_norm_with` with `GRADCLIP_SUMMATION_EXACT`). All-zero
+ * bytes (what `gradclip_exact_partial_compute` gives for `n == 0`) are the identity of
+ * `gradclip_exact_partial_merge` for every norm type.
+ */
+typedef struct {
+    /**
+     * The bytes of a Rust `ExactPartial` (native endianness).
+     */
+    uint8_t bytes[96];
+} gradclip_exact_partial;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -210,6 +250,25 @@ int gradclip_total_norm(const gradclip_grad *grads,
                         double norm_type,
                         double *out_norm,
                         gradclip_nonfinite *out_bad);
+
+/**
+ * `gradclip_total_norm` with a choice of summation: `GRADCLIP_SUMMATION_COMPENSATED` gives
+ * the bits of `gradclip_total_norm`, `GRADCLIP_SUMMATION_EXACT` the exactly rounded L2 or L1
+ * norm (the same bits however the same numbers are split into buffers, which is also what
+ * merged `gradclip_exact_partial`s give). The same bits as the Rust
+ * `gradclip::get_total_norm_with`. A `summation` value outside `gradclip_summation` is
+ * `GRADCLIP_ERR_ARG` (checked after the buffers, with `norm_type`). Statuses and outputs
+ * otherwise as for `gradclip_total_norm`.
+ *
+ * # Safety
+ * As for `gradclip_total_norm`.
+ */
+int gradclip_total_norm_with(const gradclip_grad *grads,
+                             size_t n,
+                             double norm_type,
+                             gradclip_summation summation,
+                             double *out_norm,
+                             gradclip_nonfinite *out_bad);
 
 /**
  * Clips the global norm of `n` buffers to `max_norm` in place (PyTorch's `clip_grad_norm_`,
@@ -238,6 +297,28 @@ int gradclip_clip_grad_norm(const gradclip_grad_mut *grads,
                             gradclip_on_nonfinite policy,
                             gradclip_clip_report *out,
                             gradclip_nonfinite *out_bad);
+
+/**
+ * `gradclip_clip_grad_norm` with a choice of summation for the norm (see
+ * `gradclip_summation`): `GRADCLIP_SUMMATION_COMPENSATED` does what `gradclip_clip_grad_norm`
+ * does; `GRADCLIP_SUMMATION_EXACT` clips with the exactly rounded L2 or L1 norm, so the same
+ * numbers split differently into buffers get the same norm and the same clipped bits. The same
+ * bits as the Rust `gradclip::clip_grad_norm_` with `ClipOptions::summation`. A `summation`
+ * value outside `gradclip_summation` is `GRADCLIP_ERR_ARG` (checked after the buffers, with
+ * the numeric arguments and the policy). Statuses and outputs otherwise as for
+ * `gradclip_clip_grad_norm`.
+ *
+ * # Safety
+ * As for `gradclip_clip_grad_norm`.
+ */
+int gradclip_clip_grad_norm_with(const gradclip_grad_mut *grads,
+                                 size_t n,
+                                 double max_norm,
+                                 double norm_type,
+                                 gradclip_on_nonfinite policy,
+                                 gradclip_summation summation,
+                                 gradclip_clip_report *out,
+                                 gradclip_nonfinite *out_bad);
 
 /**
  * The second half of `gradclip_clip_grad_norm`, for a norm computed elsewhere (for example
@@ -321,6 +402,65 @@ int gradclip_partial_merge(gradclip_partial *acc, const gradclip_partial *other)
  * `p` (required) is readable, `out_norm` (required) writable.
  */
 int gradclip_partial_finish(const gradclip_partial *p, double *out_norm);
+
+/**
+ * The exact partial of `n` buffers for `norm_type` 2 (L2), 1 (L1) or `INFINITY` (max |x|):
+ * the unit of exchange for sharded training when every rank must get the bits of one process.
+ * Merge the partials of all shards with `gradclip_exact_partial_merge`, in any order, and
+ * finish with `gradclip_exact_partial_finish`: the result has the bits of
+ * `gradclip_total_norm_with(..., GRADCLIP_SUMMATION_EXACT, ...)` on the whole, unsharded data,
+ * however it was split. A NaN or +-inf does not stop the call: it is recorded in the partial
+ * (finish then gives NaN if a NaN went in, else +inf), so every rank still sends its partial.
+ * For `n == 0` the result is all zero bytes, the identity of merge for every norm type;
+ * otherwise the bytes of the Rust `gradclip::exact_partial`.
+ *
+ * Returns `GRADCLIP_OK`, or an error with nothing written: a P norm (any other finite p > 0)
+ * has no exact partial and gives `GRADCLIP_ERR_ARG`, as an invalid `norm_type` does.
+ *
+ * # Safety
+ * As for `gradclip_total_norm`'s `grads` and `n`; `out` (required) is writable.
+ */
+int gradclip_exact_partial_compute(const gradclip_grad *grads,
+                                   size_t n,
+                                   double norm_type,
+                                   gradclip_exact_partial *out);
+
+/**
+ * `*acc = merge(*acc, *other)`, as the Rust `ExactPartial::merge`: exact (integer addition),
+ * associative and commutative, so any merge order or tree gives the same bytes. Partials of
+ * different norm types merge into a partial that finishes to NaN (still `GRADCLIP_OK`), as
+ * bytes that are not a partial do. `acc` and `other` may be the same pointer.
+ *
+ * # Safety
+ * `acc` (required) is readable and writable, `other` (required) readable.
+ */
+int gradclip_exact_partial_merge(gradclip_exact_partial *acc, const gradclip_exact_partial *other);
+
+/**
+ * The norm of a (merged) exact partial, as the Rust `ExactPartial::finish`: L2 the correctly
+ * rounded square root of the correctly rounded sum of squares, L1 the correctly rounded sum of
+ * magnitudes, Inf the largest magnitude; NaN if a NaN went in (or partials of different norm
+ * types were merged), else +inf if a +-inf went in; 0 for the all-zero partial. Returns
+ * `GRADCLIP_OK` with `*out_norm` set unless a pointer is NULL or `out_norm` misaligned: there
+ * is no overflow case (an L1, L2 or Inf norm of f32, f16 or bf16 values fits a double, and any
+ * 96 bytes give some number).
+ *
+ * # Safety
+ * `p` (required) is readable, `out_norm` (required) writable.
+ */
+int gradclip_exact_partial_finish(const gradclip_exact_partial *p, double *out_norm);
+
+/**
+ * The exact sum of a (merged) exact partial correctly rounded to double, as the Rust
+ * `ExactPartial::sum`: the sum of squares for L2 (the square of the norm, before the square
+ * root), of magnitudes for L1, the largest magnitude for Inf; NaN and +inf as in
+ * `gradclip_exact_partial_finish`. Returns `GRADCLIP_OK` with `*out_sum` set unless a pointer
+ * is NULL or `out_sum` misaligned.
+ *
+ * # Safety
+ * `p` (required) is readable, `out_sum` (required) writable.
+ */
+int gradclip_exact_partial_sum(const gradclip_exact_partial *p, double *out_sum);
 
 /**
  * Runs the kernels of every later call on a process-wide pool of `n` threads (0: the default,

@@ -46,7 +46,9 @@ pub(crate) fn status_of(e: &Error) -> c_int {
         | Error::InvalidFactor(_)
         | Error::InvalidClipValue(_)
         | Error::LengthMismatch { .. }
-        | Error::IsaUnavailable(_) => GRADCLIP_ERR_ARG,
+        | Error::IsaUnavailable(_)
+        // A P norm asked of an exact partial: a norm type the exact functions do not take.
+        | Error::ExactUnsupported { .. } => GRADCLIP_ERR_ARG,
         // A variant added to the library later: not a caller's mistake we can name.
         _ => GRADCLIP_ERR_INTERNAL,
     }
@@ -83,6 +85,7 @@ mod tests {
             Error::InvalidTotalNorm(-1.0),
             Error::InvalidFactor(f64::NAN),
             Error::InvalidClipValue(-1.0),
+            Error::ExactUnsupported { p: 3.0 },
         ] {
             assert_eq!(status_of(&e), GRADCLIP_ERR_ARG, "{e}");
         }

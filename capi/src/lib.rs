@@ -19,7 +19,10 @@
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr::null;
 
-use gradclip_core::{ClipOptions, Error, Isa, NonFinite, NonFinitePolicy, NormPartial, NormType};
+use gradclip_core::{
+    ClipOptions, Error, ExactPartial, Grad, Isa, NonFinite, NonFinitePolicy, NormPartial, NormType,
+    Summation,
+};
 
 mod boundary;
 mod pool;
@@ -35,9 +38,10 @@ pub const GRADCLIP_OK: c_int = 0;
 pub const GRADCLIP_NONFINITE: c_int = 1;
 /// A NULL pointer where one is required (including `data == NULL` with `len > 0`).
 pub const GRADCLIP_ERR_NULL: c_int = -1;
-/// A bad argument: norm type, max_norm, total_norm, factor, clip value, dtype or policy value,
-/// a length whose byte size exceeds `PTRDIFF_MAX` or the address space, or a thread count the
-/// system refused.
+/// A bad argument: norm type, max_norm, total_norm, factor, clip value, dtype, policy or
+/// summation value, a length whose byte size exceeds `PTRDIFF_MAX` or the address space, a
+/// thread count the system refused, or a P norm (p other than 1, 2 and `INFINITY`) asked of an
+/// exact partial.
 pub const GRADCLIP_ERR_ARG: c_int = -2;
 /// Two mutable buffers of one call share memory.
 pub const GRADCLIP_ERR_OVERLAP: c_int = -3;
@@ -76,11 +80,30 @@ pub enum gradclip_on_nonfinite {
     GRADCLIP_ON_NONFINITE_PROPAGATE = 2,
 }
 
+/// How `gradclip_total_norm_with` and `gradclip_clip_grad_norm_with` sum L2 and L1 norms.
+/// Inf (max |x|) is exact either way; P norms (p other than 1, 2 and `INFINITY`) are always
+/// computed as in COMPENSATED.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum gradclip_summation {
+    /// What `gradclip_total_norm` and `gradclip_clip_grad_norm` do: compensated f64 sums, within
+    /// 1e-14 relative of the exact value, the same bits for any thread count and instruction
+    /// set, but not for a different split of the same numbers into buffers or shards.
+    GRADCLIP_SUMMATION_COMPENSATED = 0,
+    /// The exact sum rounded once to the nearest double (L2: the correctly rounded square root
+    /// of the correctly rounded sum of squares): the same bits for any split of the data into
+    /// buffers or shards, any merge order, thread count and instruction set. The Rust
+    /// `gradclip::Summation::Exact`.
+    GRADCLIP_SUMMATION_EXACT = 1,
+}
+
 /// A `gradclip_dtype` as it arrives from C: read as an integer, so that a value outside the enum
 /// is `GRADCLIP_ERR_ARG` rather than undefined behaviour. The header spells it `gradclip_dtype`.
 pub type DTypeValue = u32;
 /// A `gradclip_on_nonfinite` as it arrives from C (see [`DTypeValue`]).
 pub type PolicyValue = u32;
+/// A `gradclip_summation` as it arrives from C (see [`DTypeValue`]).
+pub type SummationValue = u32;
 
 /// A read-only gradient buffer: `len` elements (not bytes) of `dtype` at `data`. `data` may be
 /// NULL when `len` is 0, and must otherwise be aligned for its dtype.
@@ -162,6 +185,42 @@ impl From<gradclip_partial> for NormPartial {
     }
 }
 
+/// The exact mergeable state of an L1, L2 or Inf norm over part of the gradients: 96 bytes, the
+/// same bytes as the Rust `gradclip::ExactPartial` (the exact sum as a fixed-point integer, the
+/// largest magnitude, the norm kind and NaN/inf flags), to send as they are through any
+/// collective (e.g. `MPI_Allgather` of 96 `MPI_BYTE`). Merging is integer addition: the bytes of
+/// a merged partial depend only on the elements that went in, so the partials of any split of
+/// the data (buffers, shards, ranks), merged in any order, finish to the same bits as the whole
+/// data in one process (`gradclip_total_norm_with` with `GRADCLIP_SUMMATION_EXACT`). All-zero
+/// bytes (what `gradclip_exact_partial_compute` gives for `n == 0`) are the identity of
+/// `gradclip_exact_partial_merge` for every norm type.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct gradclip_exact_partial {
+    /// The bytes of a Rust `ExactPartial` (native endianness).
+    pub bytes: [u8; 96],
+}
+
+const _: () =
+    assert!(std::mem::size_of::<ExactPartial>() == std::mem::size_of::<gradclip_exact_partial>());
+
+impl From<ExactPartial> for gradclip_exact_partial {
+    fn from(p: ExactPartial) -> Self {
+        // Same size (asserted above); a byte array takes any bytes at any alignment.
+        gradclip_exact_partial {
+            bytes: bytemuck::cast(p),
+        }
+    }
+}
+
+impl From<gradclip_exact_partial> for ExactPartial {
+    fn from(p: gradclip_exact_partial) -> Self {
+        // `ExactPartial` is Pod: any 96 bytes are a value (bytes that no partial has merge into
+        // NaN or give a meaningless number, never undefined behaviour).
+        bytemuck::cast(p.bytes)
+    }
+}
+
 impl From<NonFinite> for gradclip_nonfinite {
     fn from(nf: NonFinite) -> Self {
         gradclip_nonfinite {
@@ -180,6 +239,34 @@ fn norm_type(p: f64) -> NormType {
     } else {
         NormType::P(p)
     }
+}
+
+/// The summation of a C `summation` value (`None`: not a `gradclip_summation`).
+fn summation(v: SummationValue) -> Option<Summation> {
+    [
+        (
+            gradclip_summation::GRADCLIP_SUMMATION_COMPENSATED,
+            Summation::Compensated,
+        ),
+        (
+            gradclip_summation::GRADCLIP_SUMMATION_EXACT,
+            Summation::Exact,
+        ),
+    ]
+    .into_iter()
+    .find(|&(c, _)| c as SummationValue == v)
+    .map(|(_, s)| s)
+}
+
+/// The policy of a C `policy` value (`None`: not a `gradclip_on_nonfinite`).
+fn policy(v: PolicyValue) -> Option<NonFinitePolicy> {
+    [
+        NonFinitePolicy::Error,
+        NonFinitePolicy::Skip,
+        NonFinitePolicy::Propagate,
+    ]
+    .into_iter()
+    .nth(v as usize)
 }
 
 /// Runs `f`, a call over `buffers`, on the gradclip thread pool, or on the calling thread when
@@ -236,6 +323,38 @@ unsafe fn with_grads_mut<R: Send>(
     on_pool(&buffers, || op(&mut views))
 }
 
+/// The body of `gradclip_total_norm` and `gradclip_total_norm_with`.
+///
+/// # Safety
+/// As documented for `gradclip_total_norm`.
+unsafe fn total_norm_body(
+    grads: *const gradclip_grad,
+    n: usize,
+    norm_type: f64,
+    summation: SummationValue,
+    out_norm: *mut f64,
+    out_bad: *mut gradclip_nonfinite,
+) -> boundary::Status {
+    raw::outputs(grads, n, out_norm, out_bad)?;
+    let nt = self::norm_type(norm_type);
+    let summation = self::summation(summation);
+    // SAFETY: the caller's contract.
+    let result = unsafe {
+        with_grads(grads, n, |g| {
+            // The summation is checked with the numeric arguments, after the buffers.
+            summation.map(|s| gradclip_core::get_total_norm_with(g, nt, s))
+        })
+    }?
+    .ok_or(GRADCLIP_ERR_ARG)?;
+    match result {
+        // SAFETY: `out_norm` is non-NULL, aligned, writable (caller), and no view is alive.
+        Ok(v) => unsafe { out_norm.write(v) },
+        // SAFETY: `out_bad` is NULL or aligned and writable (caller).
+        Err(e) => return Err(unsafe { fail(e, out_bad) }),
+    }
+    Ok(GRADCLIP_OK)
+}
+
 /// The global norm of `n` buffers: L2 for `norm_type` 2, L1 for 1, max |x| for `INFINITY`, or
 /// `(sum |x|^p)^(1/p)` for any other finite p > 0. The same bits as the Rust
 /// `gradclip::get_total_norm`, for any thread count and instruction set.
@@ -256,19 +375,95 @@ pub unsafe extern "C" fn gradclip_total_norm(
     out_norm: *mut f64,
     out_bad: *mut gradclip_nonfinite,
 ) -> c_int {
-    call(|| {
-        raw::outputs(grads, n, out_norm, out_bad)?;
-        let nt = self::norm_type(norm_type);
-        // SAFETY: the caller's contract above.
-        let result = unsafe { with_grads(grads, n, |g| gradclip_core::get_total_norm(g, nt)) }?;
-        match result {
-            // SAFETY: `out_norm` is non-NULL, aligned, writable (caller), and no view is alive.
-            Ok(v) => unsafe { out_norm.write(v) },
-            // SAFETY: `out_bad` is NULL or aligned and writable (caller).
-            Err(e) => return Err(unsafe { fail(e, out_bad) }),
+    let compensated = gradclip_summation::GRADCLIP_SUMMATION_COMPENSATED as SummationValue;
+    // SAFETY: the caller's contract above.
+    call(|| unsafe { total_norm_body(grads, n, norm_type, compensated, out_norm, out_bad) })
+}
+
+/// `gradclip_total_norm` with a choice of summation: `GRADCLIP_SUMMATION_COMPENSATED` gives
+/// the bits of `gradclip_total_norm`, `GRADCLIP_SUMMATION_EXACT` the exactly rounded L2 or L1
+/// norm (the same bits however the same numbers are split into buffers, which is also what
+/// merged `gradclip_exact_partial`s give). The same bits as the Rust
+/// `gradclip::get_total_norm_with`. A `summation` value outside `gradclip_summation` is
+/// `GRADCLIP_ERR_ARG` (checked after the buffers, with `norm_type`). Statuses and outputs
+/// otherwise as for `gradclip_total_norm`.
+///
+/// # Safety
+/// As for `gradclip_total_norm`.
+#[no_mangle]
+pub unsafe extern "C" fn gradclip_total_norm_with(
+    grads: *const gradclip_grad,
+    n: usize,
+    norm_type: f64,
+    summation: SummationValue,
+    out_norm: *mut f64,
+    out_bad: *mut gradclip_nonfinite,
+) -> c_int {
+    // SAFETY: the caller's contract above.
+    call(|| unsafe { total_norm_body(grads, n, norm_type, summation, out_norm, out_bad) })
+}
+
+/// The body of `gradclip_clip_grad_norm` and `gradclip_clip_grad_norm_with`.
+///
+/// # Safety
+/// As documented for `gradclip_clip_grad_norm`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn clip_grad_norm_body(
+    grads: *const gradclip_grad_mut,
+    n: usize,
+    max_norm: f64,
+    norm_type: f64,
+    policy: PolicyValue,
+    summation: SummationValue,
+    out: *mut gradclip_clip_report,
+    out_bad: *mut gradclip_nonfinite,
+) -> boundary::Status {
+    raw::outputs(grads, n, out, out_bad)?;
+    let on_nonfinite = self::policy(policy);
+    let summation = self::summation(summation);
+    let norm_type = self::norm_type(norm_type);
+    // SAFETY: the caller's contract.
+    let result = unsafe {
+        with_grads_mut(grads, n, |g| {
+            // The policy and the summation are checked with the numeric arguments, after the
+            // buffers.
+            let (on_nonfinite, summation) = on_nonfinite.zip(summation)?;
+            let options = ClipOptions {
+                norm_type,
+                on_nonfinite,
+                summation,
+                ..ClipOptions::default()
+            };
+            Some(gradclip_core::clip_grad_norm_(g, max_norm, options))
+        })
+    }?
+    .ok_or(GRADCLIP_ERR_ARG)?;
+    match result {
+        Ok(r) => {
+            // SAFETY: `out` and `out_bad` are aligned and writable or (`out_bad`) NULL
+            // (caller), and no gradient view is alive any more.
+            unsafe {
+                if let Some(nf) = r.nonfinite {
+                    raw::write_if_some(out_bad, nf.into());
+                }
+                out.write(gradclip_clip_report {
+                    total_norm: r.total_norm,
+                    clip_coef: r.clip_coef,
+                    clipped: c_int::from(r.clipped),
+                });
+            }
+            // Under SKIP a non-finite element means "found, nothing written": the status
+            // says so. PROPAGATE wrote (NaN or 0 products), so it is a plain success.
+            let skipped = r.nonfinite.is_some() && on_nonfinite == Some(NonFinitePolicy::Skip);
+            Ok(if skipped {
+                GRADCLIP_NONFINITE
+            } else {
+                GRADCLIP_OK
+            })
         }
-        Ok(GRADCLIP_OK)
-    })
+        // SAFETY: `out_bad` is NULL or aligned and writable (caller).
+        Err(e) => Err(unsafe { fail(e, out_bad) }),
+    }
 }
 
 /// Clips the global norm of `n` buffers to `max_norm` in place (PyTorch's `clip_grad_norm_`,
@@ -299,58 +494,53 @@ pub unsafe extern "C" fn gradclip_clip_grad_norm(
     out: *mut gradclip_clip_report,
     out_bad: *mut gradclip_nonfinite,
 ) -> c_int {
+    let compensated = gradclip_summation::GRADCLIP_SUMMATION_COMPENSATED as SummationValue;
     call(|| {
-        raw::outputs(grads, n, out, out_bad)?;
-        let on_nonfinite = [
-            NonFinitePolicy::Error,
-            NonFinitePolicy::Skip,
-            NonFinitePolicy::Propagate,
-        ]
-        .into_iter()
-        .nth(policy as usize);
-        let options = ClipOptions {
-            norm_type: self::norm_type(norm_type),
-            ..ClipOptions::default()
-        };
         // SAFETY: the caller's contract above.
-        let result = unsafe {
-            with_grads_mut(grads, n, |g| {
-                // The policy is checked with the numeric arguments, after the buffers.
-                on_nonfinite.map(|on_nonfinite| {
-                    let options = ClipOptions {
-                        on_nonfinite,
-                        ..options
-                    };
-                    gradclip_core::clip_grad_norm_(g, max_norm, options)
-                })
-            })
-        }?
-        .ok_or(GRADCLIP_ERR_ARG)?;
-        match result {
-            Ok(r) => {
-                // SAFETY: `out` and `out_bad` are aligned and writable or (`out_bad`) NULL
-                // (caller), and no gradient view is alive any more.
-                unsafe {
-                    if let Some(nf) = r.nonfinite {
-                        raw::write_if_some(out_bad, nf.into());
-                    }
-                    out.write(gradclip_clip_report {
-                        total_norm: r.total_norm,
-                        clip_coef: r.clip_coef,
-                        clipped: c_int::from(r.clipped),
-                    });
-                }
-                // Under SKIP a non-finite element means "found, nothing written": the status
-                // says so. PROPAGATE wrote (NaN or 0 products), so it is a plain success.
-                let skipped = r.nonfinite.is_some() && on_nonfinite == Some(NonFinitePolicy::Skip);
-                Ok(if skipped {
-                    GRADCLIP_NONFINITE
-                } else {
-                    GRADCLIP_OK
-                })
-            }
-            // SAFETY: `out_bad` is NULL or aligned and writable (caller).
-            Err(e) => Err(unsafe { fail(e, out_bad) }),
+        unsafe {
+            clip_grad_norm_body(
+                grads,
+                n,
+                max_norm,
+                norm_type,
+                policy,
+                compensated,
+                out,
+                out_bad,
+            )
+        }
+    })
+}
+
+/// `gradclip_clip_grad_norm` with a choice of summation for the norm (see
+/// `gradclip_summation`): `GRADCLIP_SUMMATION_COMPENSATED` does what `gradclip_clip_grad_norm`
+/// does; `GRADCLIP_SUMMATION_EXACT` clips with the exactly rounded L2 or L1 norm, so the same
+/// numbers split differently into buffers get the same norm and the same clipped bits. The same
+/// bits as the Rust `gradclip::clip_grad_norm_` with `ClipOptions::summation`. A `summation`
+/// value outside `gradclip_summation` is `GRADCLIP_ERR_ARG` (checked after the buffers, with
+/// the numeric arguments and the policy). Statuses and outputs otherwise as for
+/// `gradclip_clip_grad_norm`.
+///
+/// # Safety
+/// As for `gradclip_clip_grad_norm`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gradclip_clip_grad_norm_with(
+    grads: *const gradclip_grad_mut,
+    n: usize,
+    max_norm: f64,
+    norm_type: f64,
+    policy: PolicyValue,
+    summation: SummationValue,
+    out: *mut gradclip_clip_report,
+    out_bad: *mut gradclip_nonfinite,
+) -> c_int {
+    call(|| {
+        // SAFETY: the caller's contract above.
+        unsafe {
+            clip_grad_norm_body(
+                grads, n, max_norm, norm_type, policy, summation, out, out_bad,
+            )
         }
     })
 }
@@ -449,6 +639,85 @@ pub unsafe extern "C" fn gradclip_first_nonfinite(
     })
 }
 
+/// The body of `gradclip_partial_compute` and `gradclip_exact_partial_compute`: `compute` on
+/// the buffers, written to `*out`; for `n == 0`, `empty` once `compute` accepted the norm type.
+///
+/// # Safety
+/// As documented for `gradclip_partial_compute`.
+unsafe fn partial_compute_body<C, R>(
+    grads: *const gradclip_grad,
+    n: usize,
+    out: *mut C,
+    empty: R,
+    compute: impl FnOnce(&[Grad<'_>]) -> Result<R, Error> + Send,
+) -> boundary::Status
+where
+    C: From<R>,
+    R: Send,
+{
+    raw::outputs(grads, n, out, null())?;
+    let part = if n == 0 {
+        // Check the norm type as for n > 0 (`grads` is not read), then give the all-zero
+        // identity of every type.
+        compute(&[]).map(|_| empty)
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { with_grads(grads, n, compute) }?
+    };
+    let part = part.map_err(|e| status_of(&e))?;
+    // SAFETY: `out` is non-NULL and writable (caller); its alignment is 1.
+    unsafe { out.write(part.into()) };
+    Ok(GRADCLIP_OK)
+}
+
+/// The body of `gradclip_partial_merge` and `gradclip_exact_partial_merge`.
+///
+/// # Safety
+/// As documented for `gradclip_partial_merge`.
+unsafe fn partial_merge_body<C, R>(
+    acc: *mut C,
+    other: *const C,
+    merge: impl FnOnce(R, R) -> R,
+) -> boundary::Status
+where
+    C: From<R>,
+    R: From<C>,
+{
+    raw::required(acc)?;
+    raw::required(other)?;
+    // SAFETY: both are non-NULL and readable (caller); alignment is 1; copies are taken before
+    // the write, so `acc == other` is fine.
+    let (a, b) = unsafe { (acc.read(), other.read()) };
+    let merged = merge(R::from(a), R::from(b));
+    // SAFETY: `acc` is non-NULL and writable (caller).
+    unsafe { acc.write(merged.into()) };
+    Ok(GRADCLIP_OK)
+}
+
+/// The body of the functions that read a number from a partial (`gradclip_partial_finish`,
+/// `gradclip_exact_partial_finish`, `gradclip_exact_partial_sum`): `value` gives the number
+/// or the status to return.
+///
+/// # Safety
+/// `p` (required) is readable, `out` (required) writable.
+unsafe fn partial_value_body<C, R>(
+    p: *const C,
+    out: *mut f64,
+    value: impl FnOnce(R) -> Result<f64, c_int>,
+) -> boundary::Status
+where
+    R: From<C>,
+{
+    raw::required(p)?;
+    raw::required(out)?;
+    raw::aligned(out)?;
+    // SAFETY: `p` is non-NULL and readable (caller); alignment is 1.
+    let v = value(R::from(unsafe { p.read() }))?;
+    // SAFETY: `out` is non-NULL, aligned and writable (caller).
+    unsafe { out.write(v) };
+    Ok(GRADCLIP_OK)
+}
+
 /// The partial of `n` buffers for `norm_type` (as in `gradclip_total_norm`): the unit of
 /// exchange for sharded training. Merge the partials of all shards in a fixed order (rank
 /// order) with `gradclip_partial_merge` and finish with `gradclip_partial_finish`: every rank
@@ -466,20 +735,14 @@ pub unsafe extern "C" fn gradclip_partial_compute(
     norm_type: f64,
     out: *mut gradclip_partial,
 ) -> c_int {
+    let nt = self::norm_type(norm_type);
     call(|| {
-        raw::outputs(grads, n, out, null())?;
-        let nt = self::norm_type(norm_type);
-        let part = if n == 0 {
-            // Validate the norm type as for n > 0, then give the identity of every type.
-            NormPartial::new(nt).map(|_| NormPartial::EMPTY)
-        } else {
-            // SAFETY: the caller's contract above.
-            unsafe { with_grads(grads, n, |g| gradclip_core::total_norm_partial(g, nt)) }?
-        };
-        let part = part.map_err(|e| status_of(&e))?;
-        // SAFETY: `out` is non-NULL and writable (caller); its alignment is 1.
-        unsafe { out.write(part.into()) };
-        Ok(GRADCLIP_OK)
+        // SAFETY: the caller's contract above.
+        unsafe {
+            partial_compute_body(grads, n, out, NormPartial::EMPTY, |g| {
+                gradclip_core::total_norm_partial(g, nt)
+            })
+        }
     })
 }
 
@@ -493,17 +756,8 @@ pub unsafe extern "C" fn gradclip_partial_merge(
     acc: *mut gradclip_partial,
     other: *const gradclip_partial,
 ) -> c_int {
-    call(|| {
-        raw::required(acc)?;
-        raw::required(other)?;
-        // SAFETY: both are non-NULL and readable (caller); alignment is 1; copies are taken
-        // before the write, so `acc == other` is fine.
-        let (a, b) = unsafe { (acc.read(), other.read()) };
-        let merged = NormPartial::from(a).merge(NormPartial::from(b));
-        // SAFETY: `acc` is non-NULL and writable (caller).
-        unsafe { acc.write(merged.into()) };
-        Ok(GRADCLIP_OK)
-    })
+    // SAFETY: the caller's contract above.
+    call(|| unsafe { partial_merge_body(acc, other, NormPartial::merge) })
 }
 
 /// The norm of a (merged) partial, as the Rust `NormPartial::finish`: NaN if a NaN went in,
@@ -519,18 +773,106 @@ pub unsafe extern "C" fn gradclip_partial_finish(
     out_norm: *mut f64,
 ) -> c_int {
     call(|| {
-        raw::required(p)?;
-        raw::required(out_norm)?;
-        raw::aligned(out_norm)?;
-        // SAFETY: `p` is non-NULL and readable (caller); alignment is 1.
-        let part = NormPartial::from(unsafe { p.read() });
-        let v = part.finish();
-        if part.is_finite() && !v.is_finite() {
-            return Err(GRADCLIP_ERR_OVERFLOW);
+        // SAFETY: the caller's contract above.
+        unsafe {
+            partial_value_body(p, out_norm, |part: NormPartial| {
+                let v = part.finish();
+                if part.is_finite() && !v.is_finite() {
+                    Err(GRADCLIP_ERR_OVERFLOW)
+                } else {
+                    Ok(v)
+                }
+            })
         }
-        // SAFETY: `out_norm` is non-NULL, aligned and writable (caller).
-        unsafe { out_norm.write(v) };
-        Ok(GRADCLIP_OK)
+    })
+}
+
+/// The exact partial of `n` buffers for `norm_type` 2 (L2), 1 (L1) or `INFINITY` (max |x|):
+/// the unit of exchange for sharded training when every rank must get the bits of one process.
+/// Merge the partials of all shards with `gradclip_exact_partial_merge`, in any order, and
+/// finish with `gradclip_exact_partial_finish`: the result has the bits of
+/// `gradclip_total_norm_with(..., GRADCLIP_SUMMATION_EXACT, ...)` on the whole, unsharded data,
+/// however it was split. A NaN or +-inf does not stop the call: it is recorded in the partial
+/// (finish then gives NaN if a NaN went in, else +inf), so every rank still sends its partial.
+/// For `n == 0` the result is all zero bytes, the identity of merge for every norm type;
+/// otherwise the bytes of the Rust `gradclip::exact_partial`.
+///
+/// Returns `GRADCLIP_OK`, or an error with nothing written: a P norm (any other finite p > 0)
+/// has no exact partial and gives `GRADCLIP_ERR_ARG`, as an invalid `norm_type` does.
+///
+/// # Safety
+/// As for `gradclip_total_norm`'s `grads` and `n`; `out` (required) is writable.
+#[no_mangle]
+pub unsafe extern "C" fn gradclip_exact_partial_compute(
+    grads: *const gradclip_grad,
+    n: usize,
+    norm_type: f64,
+    out: *mut gradclip_exact_partial,
+) -> c_int {
+    let nt = self::norm_type(norm_type);
+    call(|| {
+        // SAFETY: the caller's contract above.
+        unsafe {
+            partial_compute_body(grads, n, out, ExactPartial::EMPTY, |g| {
+                gradclip_core::exact_partial(g, nt)
+            })
+        }
+    })
+}
+
+/// `*acc = merge(*acc, *other)`, as the Rust `ExactPartial::merge`: exact (integer addition),
+/// associative and commutative, so any merge order or tree gives the same bytes. Partials of
+/// different norm types merge into a partial that finishes to NaN (still `GRADCLIP_OK`), as
+/// bytes that are not a partial do. `acc` and `other` may be the same pointer.
+///
+/// # Safety
+/// `acc` (required) is readable and writable, `other` (required) readable.
+#[no_mangle]
+pub unsafe extern "C" fn gradclip_exact_partial_merge(
+    acc: *mut gradclip_exact_partial,
+    other: *const gradclip_exact_partial,
+) -> c_int {
+    // SAFETY: the caller's contract above.
+    call(|| unsafe { partial_merge_body(acc, other, ExactPartial::merge) })
+}
+
+/// The norm of a (merged) exact partial, as the Rust `ExactPartial::finish`: L2 the correctly
+/// rounded square root of the correctly rounded sum of squares, L1 the correctly rounded sum of
+/// magnitudes, Inf the largest magnitude; NaN if a NaN went in (or partials of different norm
+/// types were merged), else +inf if a +-inf went in; 0 for the all-zero partial. Returns
+/// `GRADCLIP_OK` with `*out_norm` set unless a pointer is NULL or `out_norm` misaligned: there
+/// is no overflow case (an L1, L2 or Inf norm of f32, f16 or bf16 values fits a double, and any
+/// 96 bytes give some number).
+///
+/// # Safety
+/// `p` (required) is readable, `out_norm` (required) writable.
+#[no_mangle]
+pub unsafe extern "C" fn gradclip_exact_partial_finish(
+    p: *const gradclip_exact_partial,
+    out_norm: *mut f64,
+) -> c_int {
+    call(|| {
+        // SAFETY: the caller's contract above.
+        unsafe { partial_value_body(p, out_norm, |part: ExactPartial| Ok(part.finish())) }
+    })
+}
+
+/// The exact sum of a (merged) exact partial correctly rounded to double, as the Rust
+/// `ExactPartial::sum`: the sum of squares for L2 (the square of the norm, before the square
+/// root), of magnitudes for L1, the largest magnitude for Inf; NaN and +inf as in
+/// `gradclip_exact_partial_finish`. Returns `GRADCLIP_OK` with `*out_sum` set unless a pointer
+/// is NULL or `out_sum` misaligned.
+///
+/// # Safety
+/// `p` (required) is readable, `out_sum` (required) writable.
+#[no_mangle]
+pub unsafe extern "C" fn gradclip_exact_partial_sum(
+    p: *const gradclip_exact_partial,
+    out_sum: *mut f64,
+) -> c_int {
+    call(|| {
+        // SAFETY: the caller's contract above.
+        unsafe { partial_value_body(p, out_sum, |part: ExactPartial| Ok(part.sum())) }
     })
 }
 

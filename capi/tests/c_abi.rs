@@ -2,12 +2,13 @@
 //! -fsanitize=address,undefined` against `libgradclip.a`, and the header built as C++17.
 //!
 //! - `c/abi_cases.c` runs a table of calls written here (every function that computes, every
-//!   dtype, every policy, sets that run the parallel path, under 1, 2, 3 and the default number
-//!   of threads) on data written here, and compares every result bit, every partial byte and a
-//!   hash of every modified buffer with what the Rust API gives on the same data.
+//!   dtype, every policy, both summations, sets that run the parallel path, under 1, 2, 3 and
+//!   the default number of threads) on data written here, and compares every result bit, every
+//!   partial byte (40-byte and exact 96-byte partials) and a hash of every modified buffer with
+//!   what the Rust API gives on the same data.
 //! - `c/abi_contract.c` checks every status code, every NULL / overlap / alignment / dtype /
-//!   length rule, that nothing is modified on a non-zero status, the partial identity, the
-//!   strings and the thread-count setter.
+//!   length rule, that nothing is modified on a non-zero status, the identity of both partials,
+//!   the summation values, the strings and the thread-count setter.
 //! - `c/header.cpp` includes the header as C++17 and calls the library.
 //!
 //! When gcc (or g++) is not installed the tests print a note and pass.
@@ -18,9 +19,10 @@ use std::fmt::Write as _;
 use std::process::Command;
 
 use gradclip_core::{
-    bf16, clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, f16, first_nonfinite,
-    get_total_norm, scale_, total_norm_partial, ClipOptions, Error, Grad, GradMut, Isa, NonFinite,
-    NonFinitePolicy, NormPartial, NormType,
+    bf16, clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, exact_partial, f16,
+    first_nonfinite, get_total_norm, get_total_norm_with, scale_, total_norm_partial, ClipOptions,
+    Error, ExactPartial, Grad, GradMut, Isa, NonFinite, NonFinitePolicy, NormPartial, NormType,
+    Summation,
 };
 
 use common::*;
@@ -212,8 +214,24 @@ fn sets() -> Vec<Set> {
     let p1 = Set::new(vec![a.slice(123..1000), b.slice(0..200)]);
     let p2 = Set::new(vec![b.slice(200..333), c.clone(), e.clone()]);
     let p3 = Set::new(vec![]);
+    // One f32 buffer, and the same numbers as three buffers: the exact summation gives both the
+    // same norm and the same clipped bytes.
+    let whole_a = Set::new(vec![a.clone()]);
+    let split_a = Set::new(vec![a.slice(0..123), a.slice(123..500), a.slice(500..1000)]);
+    // Sums on a rounding tie broken only by a far smaller term: with 1.5 the exact L2 sum
+    // 2.25 + 2^-52 + 2^-106 + 2^-298 rounds up and the L1 sum 1.5 + 2^-26 + 2^-53 + 2^-149 too,
+    // where a sum that loses the last term lands on the tie and rounds to even. The same numbers
+    // in three buffers of three dtypes.
+    let tiny = [2f32.powi(-26), 2f32.powi(-53), f32::from_bits(1)];
+    let hard = Set::new(vec![Buf::F32(vec![1.5, tiny[0], tiny[1], tiny[2]])]);
+    let hard_split = Set::new(vec![
+        Buf::F32(vec![tiny[2]]),
+        Buf::BF16(vec![bf16::from_f32(tiny[1]), bf16::from_f32(tiny[0])]),
+        Buf::F16(vec![f16::from_f32(1.5)]),
+    ]);
     vec![
-        small, big, nan, inf, huge, special, empty, empty_bufs, p0, p1, p2, p3,
+        small, big, nan, inf, huge, special, empty, empty_bufs, p0, p1, p2, p3, whole_a, split_a,
+        hard, hard_split,
     ]
 }
 
@@ -226,6 +244,10 @@ const SPECIAL: usize = 5;
 const EMPTY: usize = 6;
 const EMPTY_BUFS: usize = 7;
 const PIECES: std::ops::Range<usize> = 8..12;
+const WHOLE_A: usize = 12;
+const SPLIT_A: usize = 13;
+const HARD: usize = 14;
+const HARD_SPLIT: usize = 15;
 
 /// The operations of `abi_cases.c` (same numbers there).
 #[derive(Clone, Copy)]
@@ -238,6 +260,13 @@ enum Op {
     FirstNonfinite = 5,
     /// Partials of sets `set..set_end`, merged in order, and finished.
     Partial = 6,
+    /// `gradclip_total_norm_with`.
+    TotalNormWith = 7,
+    /// `gradclip_clip_grad_norm_with`.
+    ClipGradNormWith = 8,
+    /// Exact partials of sets `set..set_end`, merged in order (and in reverse order in C),
+    /// finished and summed.
+    ExactPartial = 9,
 }
 
 /// One call and what the Rust API says it gives.
@@ -248,13 +277,16 @@ struct Case {
     a: f64,
     b: f64,
     policy: u32,
+    summation: u32,
     status: i32,
-    /// total norm / report (norm, coef) / partial bytes, as words.
-    r: [u64; 5],
+    /// total norm / report (norm, coef) / partial bytes (40 or 96), as words.
+    r: [u64; 12],
     clipped: i32,
-    /// `gradclip_partial_finish`: its status and value.
+    /// `gradclip_partial_finish` / `gradclip_exact_partial_finish`: its status and value.
     fin_status: i32,
     fin: u64,
+    /// `gradclip_exact_partial_sum`'s value.
+    sum: u64,
     hash: u64,
     bad: Option<NonFinite>,
 }
@@ -268,11 +300,13 @@ impl Case {
             a,
             b,
             policy: 0,
+            summation: 0,
             status: 0,
-            r: [0; 5],
+            r: [0; 12],
             clipped: 0,
             fin_status: 0,
             fin: 0,
+            sum: 0,
             hash: 0,
             bad: None,
         }
@@ -296,8 +330,71 @@ fn norm_type(p: f64) -> NormType {
     }
 }
 
-fn words(p: &NormPartial) -> [u64; 5] {
+fn words(p: &NormPartial) -> [u64; 12] {
+    let mut w = [0; 12];
+    w[..5].copy_from_slice(&bytemuck::cast::<_, [u64; 5]>(*p));
+    w
+}
+
+fn exact_words(p: &ExactPartial) -> [u64; 12] {
     bytemuck::cast(*p)
+}
+
+fn summation(v: u32) -> Summation {
+    [Summation::Compensated, Summation::Exact][v as usize]
+}
+
+fn policy(v: u32) -> NonFinitePolicy {
+    [
+        NonFinitePolicy::Error,
+        NonFinitePolicy::Skip,
+        NonFinitePolicy::Propagate,
+    ][v as usize]
+}
+
+/// Records a failed call's status, and its first non-finite element.
+fn record_error(c: &mut Case, e: Error) {
+    c.status = status(&e);
+    if let Error::NonFinite(nf) = e {
+        c.bad = Some(nf);
+    }
+}
+
+/// `clip_grad_norm_` on `set` with the case's arguments (a = max_norm, b = norm type).
+fn expect_clip(c: &mut Case, set: &mut Set) {
+    let options = ClipOptions {
+        norm_type: norm_type(c.b),
+        on_nonfinite: policy(c.policy),
+        summation: summation(c.summation),
+        ..ClipOptions::default()
+    };
+    match clip_grad_norm_(&mut set.grads_mut(), c.a, options) {
+        Ok(rep) => {
+            c.r[0] = rep.total_norm.to_bits();
+            c.r[1] = rep.clip_coef.to_bits();
+            c.clipped = rep.clipped.into();
+            c.bad = rep.nonfinite;
+            if rep.nonfinite.is_some() && options.on_nonfinite == NonFinitePolicy::Skip {
+                c.status = 1; // GRADCLIP_NONFINITE: found, nothing written
+            }
+        }
+        Err(e) => record_error(c, e),
+    }
+}
+
+/// The exact partials of `sets` (the C calls' results: all-zero for an empty set once the norm
+/// type is accepted), merged in order.
+fn merged_exact(sets: &[Set], nt: NormType) -> Result<ExactPartial, Error> {
+    let mut acc = ExactPartial::EMPTY;
+    for s in sets {
+        let p = exact_partial(&s.grads(), nt)?;
+        acc = acc.merge(if s.bufs.is_empty() {
+            ExactPartial::EMPTY
+        } else {
+            p
+        });
+    }
+    Ok(acc)
 }
 
 /// Fills in what the Rust API gives for `c` on `sets`.
@@ -306,41 +403,15 @@ fn expect(mut c: Case, sets: &[Set]) -> Case {
     match c.op {
         Op::TotalNorm => match get_total_norm(&set.grads(), norm_type(c.a)) {
             Ok(v) => c.r[0] = v.to_bits(),
-            Err(e) => {
-                c.status = status(&e);
-                if let Error::NonFinite(nf) = e {
-                    c.bad = Some(nf);
-                }
-            }
+            Err(e) => record_error(&mut c, e),
         },
-        Op::ClipGradNorm => {
-            let options = ClipOptions {
-                norm_type: norm_type(c.b),
-                on_nonfinite: [
-                    NonFinitePolicy::Error,
-                    NonFinitePolicy::Skip,
-                    NonFinitePolicy::Propagate,
-                ][c.policy as usize],
-                ..ClipOptions::default()
-            };
-            match clip_grad_norm_(&mut set.grads_mut(), c.a, options) {
-                Ok(rep) => {
-                    c.r[0] = rep.total_norm.to_bits();
-                    c.r[1] = rep.clip_coef.to_bits();
-                    c.clipped = rep.clipped.into();
-                    c.bad = rep.nonfinite;
-                    if rep.nonfinite.is_some() && options.on_nonfinite == NonFinitePolicy::Skip {
-                        c.status = 1; // GRADCLIP_NONFINITE: found, nothing written
-                    }
-                }
-                Err(e) => {
-                    c.status = status(&e);
-                    if let Error::NonFinite(nf) = e {
-                        c.bad = Some(nf);
-                    }
-                }
+        Op::TotalNormWith => {
+            match get_total_norm_with(&set.grads(), norm_type(c.a), summation(c.summation)) {
+                Ok(v) => c.r[0] = v.to_bits(),
+                Err(e) => record_error(&mut c, e),
             }
         }
+        Op::ClipGradNorm | Op::ClipGradNormWith => expect_clip(&mut c, &mut set),
         Op::ClipWithNorm => {
             if let Err(e) = clip_grads_with_norm_(&mut set.grads_mut(), c.a, c.b) {
                 c.status = status(&e);
@@ -387,6 +458,14 @@ fn expect(mut c: Case, sets: &[Set]) -> Case {
                 }
             }
         }
+        Op::ExactPartial => match merged_exact(&sets[c.set..c.set_end], norm_type(c.a)) {
+            Ok(acc) => {
+                c.r = exact_words(&acc);
+                c.fin = acc.finish().to_bits();
+                c.sum = acc.sum().to_bits();
+            }
+            Err(e) => c.status = status(&e),
+        },
     }
     c.hash = set.hash();
     c
@@ -425,9 +504,34 @@ fn cases(sets: &[Set]) -> Vec<Case> {
         }
         push(Case::new(FirstNonfinite, set, 0.0, 0.0));
     }
+    for set in [
+        SMALL, BIG, NAN, INF, HUGE, SPECIAL, EMPTY, EMPTY_BUFS, WHOLE_A, SPLIT_A, HARD, HARD_SPLIT,
+    ] {
+        for p in norms {
+            push(Case::new(ExactPartial, set, p, 0.0));
+            for summation in 0..2 {
+                let mut c = Case::new(TotalNormWith, set, p, 0.0);
+                c.summation = summation;
+                push(c);
+            }
+        }
+        for (max_norm, p) in [(1.0, 2.0), (1e30, 2.0), (0.5, 1.0), (2.0, inf), (1.0, 3.0)] {
+            for policy in 0..3 {
+                for summation in 0..2 {
+                    let mut c = Case::new(ClipGradNormWith, set, max_norm, p);
+                    c.policy = policy;
+                    c.summation = summation;
+                    push(c);
+                }
+            }
+        }
+    }
     // The norm of a set cut into pieces: partials merged in order.
     for p in norms {
         let mut c = Case::new(Partial, PIECES.start, p, 0.0);
+        c.set_end = PIECES.end;
+        push(c);
+        let mut c = Case::new(ExactPartial, PIECES.start, p, 0.0);
         c.set_end = PIECES.end;
         push(c);
     }
@@ -437,6 +541,20 @@ fn cases(sets: &[Set]) -> Vec<Case> {
         push(Case::new(Partial, SMALL, p, 0.0));
         push(Case::new(Partial, EMPTY, p, 0.0));
         push(Case::new(ClipGradNorm, SMALL, 1.0, p));
+        push(Case::new(ExactPartial, SMALL, p, 0.0));
+        push(Case::new(ExactPartial, EMPTY, p, 0.0));
+        for summation in 0..2 {
+            let mut c = Case::new(TotalNormWith, SMALL, p, 0.0);
+            c.summation = summation;
+            push(c);
+            let mut c = Case::new(ClipGradNormWith, SMALL, 1.0, p);
+            c.summation = summation;
+            push(c);
+        }
+    }
+    // A P norm has no exact partial, with or without buffers.
+    for p in [3.0, 0.01] {
+        push(Case::new(ExactPartial, EMPTY, p, 0.0));
     }
     for m in [0.0, -1.0, nan, inf] {
         push(Case::new(ClipGradNorm, SMALL, m, 2.0));
@@ -452,6 +570,91 @@ fn cases(sets: &[Set]) -> Vec<Case> {
     out
 }
 
+/// What the exact rows must show before C runs them: the exact partial of `small` cut into
+/// pieces has the bytes of the whole set's; one f32 buffer and the same numbers as three give
+/// the same exact norm and the same clipped bytes; a P norm has no exact partial.
+fn check_partition_invariance(cases: &[Case]) {
+    let find = |op: Op, set: usize, set_end: usize, a: f64, b: f64, policy: u32, summation: u32| {
+        cases
+            .iter()
+            .find(|c| {
+                c.op as u32 == op as u32
+                    && (c.set, c.set_end) == (set, set_end)
+                    && c.a.to_bits() == a.to_bits()
+                    && c.b.to_bits() == b.to_bits()
+                    && (c.policy, c.summation) == (policy, summation)
+            })
+            .expect("a case of the table")
+    };
+    for p in [2.0, 1.0, f64::INFINITY] {
+        let whole = find(Op::ExactPartial, SMALL, SMALL + 1, p, 0.0, 0, 0);
+        let pieces = find(Op::ExactPartial, PIECES.start, PIECES.end, p, 0.0, 0, 0);
+        assert_eq!((whole.status, pieces.status), (0, 0));
+        assert_eq!(whole.r, pieces.r, "exact partial bytes of pieces, p = {p}");
+        let norm = find(Op::TotalNormWith, SMALL, SMALL + 1, p, 0.0, 0, 1);
+        assert_eq!(
+            norm.r[0], pieces.fin,
+            "exact norm = finished pieces, p = {p}"
+        );
+        let one = find(Op::TotalNormWith, WHOLE_A, WHOLE_A + 1, p, 0.0, 0, 1);
+        let three = find(Op::TotalNormWith, SPLIT_A, SPLIT_A + 1, p, 0.0, 0, 1);
+        assert_eq!(
+            one.r[0], three.r[0],
+            "exact norm of one buffer and of three, p = {p}"
+        );
+    }
+    for policy in 0..3 {
+        let one = find(
+            Op::ClipGradNormWith,
+            WHOLE_A,
+            WHOLE_A + 1,
+            1.0,
+            2.0,
+            policy,
+            1,
+        );
+        let three = find(
+            Op::ClipGradNormWith,
+            SPLIT_A,
+            SPLIT_A + 1,
+            1.0,
+            2.0,
+            policy,
+            1,
+        );
+        assert_eq!(
+            (one.r, one.hash),
+            (three.r, three.hash),
+            "exact clip, one vs three"
+        );
+        assert_eq!(one.clipped, 1);
+    }
+    // The hard sums: the two summations differ (so the table tells them apart), and the exact
+    // one does not see the split.
+    for p in [2.0, 1.0] {
+        let comp = find(Op::TotalNormWith, HARD, HARD + 1, p, 0.0, 0, 0);
+        let exact = find(Op::TotalNormWith, HARD, HARD + 1, p, 0.0, 0, 1);
+        let split = find(Op::TotalNormWith, HARD_SPLIT, HARD_SPLIT + 1, p, 0.0, 0, 1);
+        assert_ne!(
+            comp.r[0], exact.r[0],
+            "compensated = exact on the hard set, p = {p}"
+        );
+        assert_eq!(
+            exact.r[0], split.r[0],
+            "exact norm of the hard set split, p = {p}"
+        );
+        let whole = find(Op::ExactPartial, HARD, HARD + 1, p, 0.0, 0, 0);
+        let pieces = find(Op::ExactPartial, HARD_SPLIT, HARD_SPLIT + 1, p, 0.0, 0, 0);
+        assert_eq!(
+            whole.r, pieces.r,
+            "exact partial bytes of the hard set split, p = {p}"
+        );
+        assert_eq!(whole.fin, exact.r[0]);
+    }
+    let p_norm = find(Op::ExactPartial, SMALL, SMALL + 1, 3.0, 0.0, 0, 0);
+    assert_eq!(p_norm.status, -2, "a P norm has no exact partial");
+}
+
 /// `data.bin` (every buffer of every set, 64-byte aligned) and `expected.h` (where each buffer
 /// is, the sets, the cases).
 fn write_inputs(dir: &std::path::Path) {
@@ -463,6 +666,7 @@ fn write_inputs(dir: &std::path::Path) {
         "a finish overflow"
     );
     assert!(cases.iter().any(|c| c.status == 1), "a non-finite case");
+    check_partition_invariance(&cases);
 
     let mut data = Vec::new();
     let mut h = String::new();
@@ -509,18 +713,20 @@ fn write_inputs(dir: &std::path::Path) {
         let r: Vec<String> = c.r.iter().map(|w| format!("0x{w:016x}u")).collect();
         writeln!(
             h,
-            "  {{{}, {}, {}, 0x{:016x}u, 0x{:016x}u, {}, {}, {{{}}}, {}, {}, 0x{:016x}u, 0x{:016x}u, {}}},",
+            "  {{{}, {}, {}, 0x{:016x}u, 0x{:016x}u, {}, {}, {}, {{{}}}, {}, {}, 0x{:016x}u, 0x{:016x}u, 0x{:016x}u, {}}},",
             c.op as u32,
             c.set,
             c.set_end,
             c.a.to_bits(),
             c.b.to_bits(),
             c.policy,
+            c.summation,
             c.status,
             r.join(", "),
             c.clipped,
             c.fin_status,
             c.fin,
+            c.sum,
             c.hash,
             bad
         )

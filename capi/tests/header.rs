@@ -54,6 +54,19 @@ fn header_spells_the_contract() {
         "size_t len;",
         "gradclip_dtype dtype;",
         "uint8_t bytes[40];",
+        "uint8_t bytes[96];",
+        "} gradclip_exact_partial;",
+        "GRADCLIP_SUMMATION_COMPENSATED = 0,",
+        "GRADCLIP_SUMMATION_EXACT = 1,",
+        "} gradclip_summation;",
+        "gradclip_summation summation,",
+        "int gradclip_total_norm_with(",
+        "int gradclip_clip_grad_norm_with(",
+        "int gradclip_exact_partial_compute(const gradclip_grad *grads,",
+        "int gradclip_exact_partial_merge(gradclip_exact_partial *acc, \
+         const gradclip_exact_partial *other);",
+        "int gradclip_exact_partial_finish(const gradclip_exact_partial *p, double *out_norm);",
+        "int gradclip_exact_partial_sum(const gradclip_exact_partial *p, double *out_sum);",
         "#define GRADCLIP_OK 0",
         "#define GRADCLIP_NONFINITE 1",
         "#define GRADCLIP_ERR_NULL -1",
@@ -71,7 +84,7 @@ fn header_spells_the_contract() {
         assert!(h.contains(needle), "header lacks `{needle}`:\n{h}");
     }
     assert!(
-        !h.contains("DTypeValue") && !h.contains("PolicyValue"),
+        !h.contains("DTypeValue") && !h.contains("PolicyValue") && !h.contains("SummationValue"),
         "{h}"
     );
 }

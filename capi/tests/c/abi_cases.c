@@ -24,18 +24,31 @@ typedef struct {
     size_t count;
 } tset;
 
-enum { TOTAL_NORM, CLIP_GRAD_NORM, CLIP_WITH_NORM, SCALE, CLIP_VALUE, FIRST_NONFINITE, PARTIAL };
+enum {
+    TOTAL_NORM,
+    CLIP_GRAD_NORM,
+    CLIP_WITH_NORM,
+    SCALE,
+    CLIP_VALUE,
+    FIRST_NONFINITE,
+    PARTIAL,
+    TOTAL_NORM_WITH,
+    CLIP_GRAD_NORM_WITH,
+    EXACT_PARTIAL
+};
 
 typedef struct {
     unsigned op;
     size_t set, set_end;
     uint64_t a, b; /* double bits */
     unsigned policy;
+    unsigned summation;
     int status;
-    uint64_t r[5];
+    uint64_t r[12]; /* norm / report / partial bytes (40 or 96) */
     int clipped;
     int fin_status;
     uint64_t fin;
+    uint64_t sum; /* gradclip_exact_partial_sum */
     uint64_t hash;
     int has_bad;
     size_t bad_buffer, bad_index;
@@ -141,9 +154,23 @@ static void run_case(size_t k, const tcase *c) {
         check_bad(k, c, &bad);
         break;
     }
-    case CLIP_GRAD_NORM: {
+    case TOTAL_NORM_WITH: {
+        double v = NORM_SENTINEL;
+        st = gradclip_total_norm_with(s.c, s.n, a, (gradclip_summation)c->summation, &v, &bad);
+        CHECK(k, st == c->status);
+        CHECK(k, st == GRADCLIP_OK ? bits(v) == c->r[0] : v == NORM_SENTINEL);
+        check_bad(k, c, &bad);
+        break;
+    }
+    case CLIP_GRAD_NORM:
+    case CLIP_GRAD_NORM_WITH: {
         gradclip_clip_report rep = {NORM_SENTINEL, NORM_SENTINEL, 7};
-        st = gradclip_clip_grad_norm(s.g, s.n, a, b, (gradclip_on_nonfinite)c->policy, &rep, &bad);
+        gradclip_on_nonfinite policy = (gradclip_on_nonfinite)c->policy;
+        if (c->op == CLIP_GRAD_NORM)
+            st = gradclip_clip_grad_norm(s.g, s.n, a, b, policy, &rep, &bad);
+        else
+            st = gradclip_clip_grad_norm_with(s.g, s.n, a, b, policy,
+                                              (gradclip_summation)c->summation, &rep, &bad);
         CHECK(k, st == c->status);
         /* SKIP fills the report with its NONFINITE status; ERROR leaves it alone. */
         if (st == GRADCLIP_OK || (st == GRADCLIP_NONFINITE && c->policy == 1)) {
@@ -201,6 +228,42 @@ static void run_case(size_t k, const tcase *c) {
             CHECK(k, fs == c->fin_status);
             CHECK(k, fs == GRADCLIP_OK ? bits(v) == c->fin : v == NORM_SENTINEL);
         }
+        break;
+    }
+    case EXACT_PARTIAL: {
+        /* merged in order, and (a second accumulator) in reverse order: the same bytes */
+        gradclip_exact_partial acc, rev, part;
+        memset(&acc, 0, sizeof acc);
+        memset(&rev, 0, sizeof rev);
+        for (size_t i = c->set; i < c->set_end; i++) {
+            copy_t piece;
+            copy_set(i, &piece);
+            memset(&part, 0xEE, sizeof part);
+            st = gradclip_exact_partial_compute(piece.c, piece.n, a, &part);
+            if (st == GRADCLIP_OK) {
+                CHECK(k, gradclip_exact_partial_merge(&acc, &part) == GRADCLIP_OK);
+            } else {
+                unsigned char ee[96];
+                memset(ee, 0xEE, sizeof ee);
+                CHECK(k, memcmp(part.bytes, ee, 96) == 0);
+            }
+            free_set(&piece);
+            if (st != GRADCLIP_OK) break;
+        }
+        CHECK(k, st == c->status);
+        if (st != GRADCLIP_OK) break;
+        for (size_t i = c->set_end; i-- > c->set;) {
+            copy_t piece;
+            copy_set(i, &piece);
+            CHECK(k, gradclip_exact_partial_compute(piece.c, piece.n, a, &part) == GRADCLIP_OK);
+            CHECK(k, gradclip_exact_partial_merge(&rev, &part) == GRADCLIP_OK);
+            free_set(&piece);
+        }
+        CHECK(k, memcmp(acc.bytes, c->r, 96) == 0);
+        CHECK(k, memcmp(rev.bytes, c->r, 96) == 0);
+        double v = NORM_SENTINEL, sum = NORM_SENTINEL;
+        CHECK(k, gradclip_exact_partial_finish(&acc, &v) == GRADCLIP_OK && bits(v) == c->fin);
+        CHECK(k, gradclip_exact_partial_sum(&acc, &sum) == GRADCLIP_OK && bits(sum) == c->sum);
         break;
     }
     default:

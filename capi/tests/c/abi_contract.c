@@ -1,8 +1,8 @@
 /*
  * The C contract of gradclip.h, from C: every status code, the NULL / length / dtype / alignment /
- * overlap rules and their order, "nothing is modified on a non-zero status", the partial's
- * layout and merge identity, the strings, and the thread-count setter called while other threads
- * compute. Built with -fsanitize=address,undefined by capi/tests/c_abi.rs.
+ * overlap rules and their order, "nothing is modified on a non-zero status", the layout and merge
+ * identity of both partials (40-byte and exact 96-byte), the summation values, the strings, and
+ * the thread-count setter called while other threads compute. Built with -fsanitize=address,undefined by capi/tests/c_abi.rs.
  */
 #define _POSIX_C_SOURCE 200809L /* fork, waitpid, alarm */
 #include <math.h>
@@ -21,6 +21,9 @@
 /* The layout the contract promises. */
 _Static_assert(sizeof(gradclip_partial) == 40, "gradclip_partial is 40 bytes");
 _Static_assert(alignof(gradclip_partial) == 1, "gradclip_partial is a byte array");
+_Static_assert(sizeof(gradclip_exact_partial) == 96, "gradclip_exact_partial is 96 bytes");
+_Static_assert(alignof(gradclip_exact_partial) == 1, "gradclip_exact_partial is a byte array");
+_Static_assert(sizeof(gradclip_summation) == 4, "C enums are int-sized");
 _Static_assert(sizeof(gradclip_dtype) == 4, "C enums are int-sized");
 _Static_assert(offsetof(gradclip_grad, data) == 0, "data first");
 _Static_assert(offsetof(gradclip_grad, len) == sizeof(void *), "then len");
@@ -37,6 +40,8 @@ _Static_assert(GRADCLIP_F32 == 0 && GRADCLIP_F16 == 1 && GRADCLIP_BF16 == 2, "dt
 _Static_assert(GRADCLIP_ON_NONFINITE_ERROR == 0 && GRADCLIP_ON_NONFINITE_SKIP == 1 &&
                    GRADCLIP_ON_NONFINITE_PROPAGATE == 2,
                "policy values");
+_Static_assert(GRADCLIP_SUMMATION_COMPENSATED == 0 && GRADCLIP_SUMMATION_EXACT == 1,
+               "summation values");
 
 static int failures;
 #define CHECK(cond)                                                              \
@@ -85,12 +90,14 @@ static gradclip_grad gc(size_t byte, size_t len, gradclip_dtype d) {
 static void all_mut_calls(const gradclip_grad_mut *g, size_t n, int want, int line) {
     gradclip_clip_report rep = {-7.0, -7.0, 7};
     gradclip_nonfinite bad = {7, 7, 7.0};
-    int st[4];
+    int st[5];
     st[0] = gradclip_clip_grad_norm(g, n, 1.0, 2.0, GRADCLIP_ON_NONFINITE_ERROR, &rep, &bad);
     st[1] = gradclip_clip_grads_with_norm(g, n, 1.0, 100.0);
     st[2] = gradclip_scale(g, n, 0.5);
     st[3] = gradclip_clip_grad_value(g, n, 0.25);
-    for (int i = 0; i < 4; i++) {
+    st[4] = gradclip_clip_grad_norm_with(g, n, 1.0, 2.0, GRADCLIP_ON_NONFINITE_ERROR,
+                                         GRADCLIP_SUMMATION_EXACT, &rep, &bad);
+    for (int i = 0; i < 5; i++) {
         if (st[i] != want) {
             fprintf(stderr, "line %d: mutating call %d gave %d, want %d\n", line, i, st[i], want);
             failures++;
@@ -108,12 +115,17 @@ static void all_const_calls(const gradclip_grad *g, size_t n, int want, int line
     double norm = -7.0;
     gradclip_nonfinite bad = {7, 7, 7.0};
     gradclip_partial p;
+    gradclip_exact_partial e;
     memset(&p, 0xEE, sizeof p);
-    int st[3];
+    memset(&e, 0xEE, sizeof e);
+    int st[6];
     st[0] = gradclip_total_norm(g, n, 2.0, &norm, &bad);
     st[1] = gradclip_first_nonfinite(g, n, &bad);
     st[2] = gradclip_partial_compute(g, n, 2.0, &p);
-    for (int i = 0; i < 3; i++) {
+    st[3] = gradclip_exact_partial_compute(g, n, 2.0, &e);
+    st[4] = gradclip_total_norm_with(g, n, 2.0, GRADCLIP_SUMMATION_EXACT, &norm, &bad);
+    st[5] = gradclip_total_norm_with(g, n, 1.0, GRADCLIP_SUMMATION_COMPENSATED, &norm, &bad);
+    for (int i = 0; i < 6; i++) {
         if (st[i] != want) {
             fprintf(stderr, "line %d: read-only call %d gave %d, want %d\n", line, i, st[i], want);
             failures++;
@@ -123,6 +135,7 @@ static void all_const_calls(const gradclip_grad *g, size_t n, int want, int line
     if (want != GRADCLIP_OK) {
         CHECK(norm == -7.0 && bad.buffer == 7 && bad.index == 7 && bad.value == 7.0);
         for (int i = 0; i < 40; i++) CHECK(p.bytes[i] == 0xEE);
+        for (int i = 0; i < 96; i++) CHECK(e.bytes[i] == 0xEE);
     }
 }
 
@@ -168,6 +181,26 @@ static void test_null(void) {
     CHECK(gradclip_partial_merge(&p, NULL) == GRADCLIP_ERR_NULL);
     CHECK(gradclip_partial_finish(NULL, &norm) == GRADCLIP_ERR_NULL);
     CHECK(gradclip_partial_finish(&p, NULL) == GRADCLIP_ERR_NULL);
+    gradclip_exact_partial e;
+    memset(&e, 0, sizeof e);
+    CHECK(gradclip_exact_partial_compute(c, 1, 2.0, NULL) == GRADCLIP_ERR_NULL);
+    CHECK(gradclip_exact_partial_compute(NULL, 0, 2.0, NULL) == GRADCLIP_ERR_NULL);
+    CHECK(gradclip_exact_partial_compute(NULL, 0, 3.0, NULL) == GRADCLIP_ERR_NULL); /* NULL first */
+    CHECK(gradclip_exact_partial_merge(NULL, &e) == GRADCLIP_ERR_NULL);
+    CHECK(gradclip_exact_partial_merge(&e, NULL) == GRADCLIP_ERR_NULL);
+    CHECK(gradclip_exact_partial_finish(NULL, &norm) == GRADCLIP_ERR_NULL);
+    CHECK(gradclip_exact_partial_finish(&e, NULL) == GRADCLIP_ERR_NULL);
+    CHECK(gradclip_exact_partial_sum(NULL, &norm) == GRADCLIP_ERR_NULL);
+    CHECK(gradclip_exact_partial_sum(&e, NULL) == GRADCLIP_ERR_NULL);
+    CHECK(gradclip_total_norm_with(c, 1, 2.0, GRADCLIP_SUMMATION_EXACT, NULL, &bad) ==
+          GRADCLIP_ERR_NULL);
+    CHECK(gradclip_clip_grad_norm_with(m, 1, 1.0, 2.0, GRADCLIP_ON_NONFINITE_ERROR,
+                                       GRADCLIP_SUMMATION_EXACT, NULL, &bad) == GRADCLIP_ERR_NULL);
+    /* NULL before a bad summation value */
+    CHECK(gradclip_total_norm_with(c, 1, 2.0, (gradclip_summation)7, NULL, &bad) ==
+          GRADCLIP_ERR_NULL);
+    CHECK(untouched());
+    for (int i = 0; i < 96; i++) CHECK(e.bytes[i] == 0);
 
     /* NULL is reported before any other failure: a bad dtype in another buffer, a NULL out */
     m[1].len = 4;
@@ -248,6 +281,53 @@ static void test_arg(void) {
     CHECK(norm == -7.0 && rep.total_norm == -7.0 && rep.clipped == 7);
     for (int i = 0; i < 40; i++) CHECK(p.bytes[i] == 0xEE);
     CHECK(untouched());
+
+    /* the exact functions: the same bad norm types, and every P norm for an exact partial */
+    gradclip_exact_partial e;
+    memset(&e, 0xEE, sizeof e);
+    gradclip_nonfinite bad = {7, 7, 7.0};
+    for (size_t i = 0; i < 5; i++) {
+        for (unsigned sm = 0; sm < 2; sm++) {
+            CHECK(gradclip_total_norm_with(&c, 1, bad_p[i], (gradclip_summation)sm, &norm, &bad) ==
+                  GRADCLIP_ERR_ARG);
+            CHECK(gradclip_clip_grad_norm_with(&m, 1, 1.0, bad_p[i], GRADCLIP_ON_NONFINITE_ERROR,
+                                               (gradclip_summation)sm, &rep,
+                                               NULL) == GRADCLIP_ERR_ARG);
+        }
+        CHECK(gradclip_exact_partial_compute(&c, 1, bad_p[i], &e) == GRADCLIP_ERR_ARG);
+        CHECK(gradclip_exact_partial_compute(NULL, 0, bad_p[i], &e) == GRADCLIP_ERR_ARG);
+    }
+    const double p_norms[] = {3.0, 0.5, 1.5, 0.01, 100.0};
+    for (size_t i = 0; i < 5; i++) {
+        CHECK(gradclip_exact_partial_compute(&c, 1, p_norms[i], &e) == GRADCLIP_ERR_ARG);
+        CHECK(gradclip_exact_partial_compute(NULL, 0, p_norms[i], &e) == GRADCLIP_ERR_ARG);
+    }
+    /* summation values outside the enum, after the buffers were checked */
+    const unsigned bad_summation[] = {2, 3, 0x7FFFFFFF, 0xFFFFFFFFu};
+    for (size_t i = 0; i < 4; i++) {
+        gradclip_summation sm = (gradclip_summation)bad_summation[i];
+        CHECK(gradclip_total_norm_with(&c, 1, 2.0, sm, &norm, &bad) == GRADCLIP_ERR_ARG);
+        CHECK(gradclip_total_norm_with(NULL, 0, 2.0, sm, &norm, &bad) == GRADCLIP_ERR_ARG);
+        CHECK(gradclip_clip_grad_norm_with(&m, 1, 1.0, 2.0, GRADCLIP_ON_NONFINITE_ERROR, sm, &rep,
+                                           &bad) == GRADCLIP_ERR_ARG);
+        CHECK(gradclip_clip_grad_norm_with(&m, 1, 1.0, 2.0, GRADCLIP_ON_NONFINITE_PROPAGATE, sm,
+                                           &rep, &bad) == GRADCLIP_ERR_ARG);
+        /* a misaligned buffer is reported before the summation */
+        gradclip_grad odd = gc(2, 4, GRADCLIP_F32);
+        CHECK(gradclip_total_norm_with(&odd, 1, 2.0, sm, &norm, &bad) == GRADCLIP_ERR_ALIGN);
+    }
+    /* and a bad policy with a good summation */
+    CHECK(gradclip_clip_grad_norm_with(&m, 1, 1.0, 2.0, (gradclip_on_nonfinite)3,
+                                       GRADCLIP_SUMMATION_EXACT, &rep, &bad) == GRADCLIP_ERR_ARG);
+    CHECK(norm == -7.0 && rep.total_norm == -7.0 && rep.clip_coef == -7.0 && rep.clipped == 7);
+    CHECK(bad.buffer == 7 && bad.index == 7 && bad.value == 7.0);
+    for (int i = 0; i < 96; i++) CHECK(e.bytes[i] == 0xEE);
+    CHECK(untouched());
+    /* a P norm in exact mode is the compensated P norm (exact covers L1, L2 and Inf) */
+    double pc = -1.0, pe = -2.0;
+    CHECK(gradclip_total_norm(&c, 1, 3.0, &pc, NULL) == GRADCLIP_OK);
+    CHECK(gradclip_total_norm_with(&c, 1, 3.0, GRADCLIP_SUMMATION_EXACT, &pe, NULL) == GRADCLIP_OK);
+    CHECK(memcmp(&pc, &pe, sizeof pc) == 0);
     /* the valid norm types */
     const double good_p[] = {2.0, 1.0, INFINITY, 3.0, 0.5, 0.1, 100.0};
     for (size_t i = 0; i < 7; i++)
@@ -343,7 +423,128 @@ static void test_nonfinite_and_overflow(void) {
     gradclip_partial p;
     CHECK(gradclip_partial_compute(&hc, 1, 0.005, &p) == GRADCLIP_OK);
     CHECK(gradclip_partial_finish(&p, &norm) == GRADCLIP_ERR_OVERFLOW && norm == -7.0);
+    CHECK(gradclip_total_norm_with(&hc, 1, 0.005, GRADCLIP_SUMMATION_EXACT, &norm, NULL) ==
+          GRADCLIP_ERR_OVERFLOW); /* P norms are compensated in exact mode too */
+    CHECK(norm == -7.0);
     CHECK(gradclip_total_norm(&hc, 1, 2.0, &norm, NULL) == GRADCLIP_OK && isfinite(norm));
+    /* exact L2 of 64 x 3e38 (f32): finite, the correctly rounded sqrt of the rounded sum */
+    double en = -7.0, es = -7.0;
+    gradclip_exact_partial e;
+    CHECK(gradclip_total_norm_with(&hc, 1, 2.0, GRADCLIP_SUMMATION_EXACT, &en, NULL) == GRADCLIP_OK);
+    CHECK(gradclip_exact_partial_compute(&hc, 1, 2.0, &e) == GRADCLIP_OK);
+    CHECK(gradclip_exact_partial_sum(&e, &es) == GRADCLIP_OK && isfinite(es) && en == sqrt(es));
+    CHECK(fabs(en - norm) <= 1e-14 * norm);
+}
+
+/* NaN / inf in exact mode: reported by the norm functions, recorded by the exact partial. */
+static void test_exact_nonfinite(void) {
+    fill();
+    u16_at(1024)[5] = F16_INF;
+    u16_at(1536)[2] = BF16_NAN;
+    memcpy(arena_copy, arena, sizeof arena);
+    gradclip_grad c[3] = {gc(0, 256, GRADCLIP_F32), gc(1024, 256, GRADCLIP_F16),
+                          gc(1536, 256, GRADCLIP_BF16)};
+    gradclip_grad_mut m[3] = {gm(0, 256, GRADCLIP_F32), gm(1024, 256, GRADCLIP_F16),
+                              gm(1536, 256, GRADCLIP_BF16)};
+    double norm = -7.0;
+    gradclip_nonfinite bad = {7, 7, 7.0};
+    CHECK(gradclip_total_norm_with(c, 3, 2.0, GRADCLIP_SUMMATION_EXACT, &norm, &bad) ==
+          GRADCLIP_NONFINITE);
+    CHECK(norm == -7.0 && bad.buffer == 1 && bad.index == 5 && bad.value == INFINITY);
+    gradclip_clip_report rep = {-7.0, -7.0, 7};
+    bad.buffer = 7;
+    CHECK(gradclip_clip_grad_norm_with(m, 3, 1.0, 1.0, GRADCLIP_ON_NONFINITE_ERROR,
+                                       GRADCLIP_SUMMATION_EXACT, &rep, &bad) == GRADCLIP_NONFINITE);
+    CHECK(rep.total_norm == -7.0 && rep.clipped == 7 && bad.buffer == 1 && bad.index == 5);
+    CHECK(gradclip_clip_grad_norm_with(m, 3, 1.0, 2.0, GRADCLIP_ON_NONFINITE_SKIP,
+                                       GRADCLIP_SUMMATION_EXACT, &rep, &bad) == GRADCLIP_NONFINITE);
+    CHECK(isnan(rep.total_norm) && rep.clip_coef == 1.0 && rep.clipped == 0);
+    CHECK(untouched());
+    /* the exact partial records NaN / inf and returns OK: every rank still sends its partial */
+    gradclip_exact_partial e, inf_only;
+    double v = -7.0;
+    CHECK(gradclip_exact_partial_compute(c, 3, 2.0, &e) == GRADCLIP_OK);
+    CHECK(gradclip_exact_partial_finish(&e, &v) == GRADCLIP_OK && isnan(v));
+    CHECK(gradclip_exact_partial_compute(c + 1, 1, 1.0, &inf_only) == GRADCLIP_OK);
+    CHECK(gradclip_exact_partial_finish(&inf_only, &v) == GRADCLIP_OK && v == INFINITY);
+    CHECK(gradclip_exact_partial_sum(&inf_only, &v) == GRADCLIP_OK && v == INFINITY);
+    CHECK(untouched());
+    CHECK(gradclip_clip_grad_norm_with(m, 3, 1.0, 2.0, GRADCLIP_ON_NONFINITE_PROPAGATE,
+                                       GRADCLIP_SUMMATION_EXACT, &rep, &bad) == GRADCLIP_OK);
+    CHECK(isnan(rep.total_norm) && isnan(rep.clip_coef) && rep.clipped == 1);
+    fill();
+}
+
+/* The exact partial: identity, any merge order, the norm of the whole however it is split. */
+static void test_exact_partials(void) {
+    fill();
+    gradclip_grad c[3] = {gc(0, 256, GRADCLIP_F32), gc(1024, 256, GRADCLIP_F16),
+                          gc(1536, 256, GRADCLIP_BF16)};
+    gradclip_exact_partial zero, x, tmp, fwd, rev;
+    memset(&zero, 0x55, sizeof zero);
+    CHECK(gradclip_exact_partial_compute(NULL, 0, 2.0, &zero) == GRADCLIP_OK);
+    for (int i = 0; i < 96; i++) CHECK(zero.bytes[i] == 0);
+    double v = -7.0;
+    CHECK(gradclip_exact_partial_finish(&zero, &v) == GRADCLIP_OK && v == 0.0);
+    CHECK(gradclip_exact_partial_sum(&zero, &v) == GRADCLIP_OK && v == 0.0);
+    const double types[] = {2.0, 1.0, INFINITY};
+    for (size_t t = 0; t < 3; t++) {
+        CHECK(gradclip_exact_partial_compute(c, 3, types[t], &x) == GRADCLIP_OK);
+        double whole = -1.0, fin = -2.0, comp = -3.0;
+        CHECK(gradclip_total_norm_with(c, 3, types[t], GRADCLIP_SUMMATION_EXACT, &whole, NULL) ==
+              GRADCLIP_OK);
+        CHECK(gradclip_total_norm(c, 3, types[t], &comp, NULL) == GRADCLIP_OK);
+        CHECK(gradclip_exact_partial_finish(&x, &fin) == GRADCLIP_OK);
+        CHECK(memcmp(&fin, &whole, sizeof fin) == 0);
+        CHECK(fabs(whole - comp) <= 1e-14 * whole);
+        /* the all-zero partial is the identity on both sides */
+        tmp = zero;
+        CHECK(gradclip_exact_partial_merge(&tmp, &x) == GRADCLIP_OK && memcmp(&tmp, &x, 96) == 0);
+        tmp = x;
+        CHECK(gradclip_exact_partial_merge(&tmp, &zero) == GRADCLIP_OK && memcmp(&tmp, &x, 96) == 0);
+        /* acc and other may be the same pointer: x + x */
+        tmp = x;
+        CHECK(gradclip_exact_partial_merge(&tmp, &tmp) == GRADCLIP_OK);
+        fwd = x;
+        CHECK(gradclip_exact_partial_merge(&fwd, &x) == GRADCLIP_OK && memcmp(&tmp, &fwd, 96) == 0);
+        /* pieces cut at arbitrary element boundaries (inside buffers), merged forwards and
+         * backwards: the bytes of the whole, hence its norm bit for bit */
+        gradclip_grad pieces[5] = {gc(0, 100, GRADCLIP_F32), gc(400, 156, GRADCLIP_F32),
+                                   gc(1024, 77, GRADCLIP_F16), gc(1178, 179, GRADCLIP_F16),
+                                   gc(1536, 256, GRADCLIP_BF16)};
+        gradclip_exact_partial part[4];
+        CHECK(gradclip_exact_partial_compute(pieces, 1, types[t], &part[0]) == GRADCLIP_OK);
+        CHECK(gradclip_exact_partial_compute(pieces + 1, 2, types[t], &part[1]) == GRADCLIP_OK);
+        CHECK(gradclip_exact_partial_compute(pieces + 3, 2, types[t], &part[2]) == GRADCLIP_OK);
+        CHECK(gradclip_exact_partial_compute(NULL, 0, types[t], &part[3]) == GRADCLIP_OK);
+        memset(&fwd, 0, sizeof fwd);
+        memset(&rev, 0, sizeof rev);
+        for (int i = 0; i < 4; i++) {
+            CHECK(gradclip_exact_partial_merge(&fwd, &part[i]) == GRADCLIP_OK);
+            CHECK(gradclip_exact_partial_merge(&rev, &part[3 - i]) == GRADCLIP_OK);
+        }
+        CHECK(memcmp(&fwd, &x, 96) == 0 && memcmp(&rev, &x, 96) == 0);
+        CHECK(gradclip_exact_partial_finish(&rev, &fin) == GRADCLIP_OK);
+        CHECK(memcmp(&fin, &whole, sizeof fin) == 0);
+        /* L2: the norm is the IEEE square root of the rounded sum of squares */
+        double sum = -1.0;
+        CHECK(gradclip_exact_partial_sum(&x, &sum) == GRADCLIP_OK);
+        CHECK(types[t] == 2.0 ? fin == sqrt(sum) : fin == sum);
+    }
+    /* partials of different norm types poison the merge: NaN, in either order */
+    gradclip_exact_partial y;
+    CHECK(gradclip_exact_partial_compute(c, 3, 2.0, &x) == GRADCLIP_OK);
+    CHECK(gradclip_exact_partial_compute(c, 3, 1.0, &y) == GRADCLIP_OK);
+    tmp = x;
+    CHECK(gradclip_exact_partial_merge(&tmp, &y) == GRADCLIP_OK);
+    CHECK(gradclip_exact_partial_finish(&tmp, &v) == GRADCLIP_OK && isnan(v));
+    CHECK(gradclip_exact_partial_merge(&y, &x) == GRADCLIP_OK && memcmp(&tmp, &y, 96) == 0);
+    /* bytes that are no partial give some number, never a crash */
+    memset(&tmp, 0xFF, sizeof tmp);
+    CHECK(gradclip_exact_partial_finish(&tmp, &v) == GRADCLIP_OK);
+    CHECK(gradclip_exact_partial_merge(&tmp, &x) == GRADCLIP_OK);
+    CHECK(gradclip_exact_partial_finish(&tmp, &v) == GRADCLIP_OK && isnan(v));
+    CHECK(untouched());
 }
 
 static void test_partials(void) {
@@ -472,6 +673,8 @@ int main(void) {
     test_overlap_and_align();
     test_nonfinite_and_overflow();
     test_partials();
+    test_exact_nonfinite();
+    test_exact_partials();
     test_strings();
     test_threads();
     if (failures) {

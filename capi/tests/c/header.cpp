@@ -9,9 +9,12 @@
 #include "gradclip.h"
 
 static_assert(sizeof(gradclip_partial) == 40, "40-byte partial");
+static_assert(sizeof(gradclip_exact_partial) == 96, "96-byte exact partial");
+static_assert(std::is_trivially_copyable<gradclip_exact_partial>::value, "plain bytes");
 static_assert(std::is_trivially_copyable<gradclip_partial>::value, "plain bytes");
 static_assert(std::is_standard_layout<gradclip_grad>::value, "C layout");
-static_assert(std::is_enum<gradclip_dtype>::value && std::is_enum<gradclip_on_nonfinite>::value,
+static_assert(std::is_enum<gradclip_dtype>::value && std::is_enum<gradclip_on_nonfinite>::value &&
+                  std::is_enum<gradclip_summation>::value,
               "real enums");
 static_assert(GRADCLIP_ERR_INTERNAL == -99, "status codes are integer constants");
 
@@ -26,6 +29,20 @@ int main() {
     if (gradclip_total_norm(view, 2, 2.0, &norm, nullptr) != GRADCLIP_OK ||
         norm != std::sqrt(250.0 + 160.0)) {
         std::fprintf(stderr, "norm %.17g\n", norm);
+        return 1;
+    }
+    // Exact summation: the same bits for the buffers as they are and for w cut in two.
+    double exact = 0.0, split = 0.0;
+    const gradclip_grad halves[] = {{w.data(), 300, GRADCLIP_F32},
+                                    {w.data() + 300, w.size() - 300, GRADCLIP_F32},
+                                    {h.data(), h.size(), GRADCLIP_F16}};
+    gradclip_exact_partial e{};
+    if (gradclip_total_norm_with(view, 2, 2.0, GRADCLIP_SUMMATION_EXACT, &exact, nullptr) !=
+            GRADCLIP_OK ||
+        gradclip_exact_partial_compute(halves, 3, 2.0, &e) != GRADCLIP_OK ||
+        gradclip_exact_partial_finish(&e, &split) != GRADCLIP_OK || exact != split ||
+        exact != std::sqrt(250.0 + 160.0)) {
+        std::fprintf(stderr, "exact %.17g split %.17g\n", exact, split);
         return 1;
     }
     gradclip_clip_report r{};
