@@ -8,7 +8,10 @@
 //!
 //! 1. **one read pass** over the scaled gradients: the non-finite check and the norm `N` of the
 //!    raw values, with the same kernels, chunk tree and merge order as [`crate::get_total_norm`]
-//!    (so the same bits for any thread count and any ISA);
+//!    (so the same bits for any thread count and any ISA); with
+//!    [`ClipOptions::summation`] set to [`Summation::Exact`], the exactly rounded norm of
+//!    [`crate::get_total_norm_exact`] (L1, L2, Inf; P(p) norms stay compensated), the same bits
+//!    for any split of the gradients into buffers;
 //! 2. the norm of the unscaled gradients `N / S` (every norm is absolutely homogeneous), the clip
 //!    coefficient `coef = min(1, max_norm / (N / S + eps))` in f64;
 //! 3. **at most one write pass** with the factor `f32(coef / S)`:
@@ -30,6 +33,8 @@
 
 use crate::clip::{clip_coefficient, ClipOptions, NonFinitePolicy};
 use crate::error::{Error, NonFinite};
+use crate::exact::{ExactPartial, Summation};
+use crate::exact_norm::short_circuit_exact;
 use crate::grads::GradMut;
 use crate::isa::Isa;
 use crate::norm::{
@@ -116,8 +121,18 @@ fn amp_impl(
     // Validates max_norm and eps before reading anything.
     clip_coefficient(max_norm, 0.0, options.eps)?;
     let k = kernels(isa)?;
-    let part = short_circuit_partial(grads, options.norm_type, isa)?;
-    if !part.is_finite() {
+    let norm_type = options.norm_type.validated()?;
+    // The norm of the scaled gradients when they are finite (or the error of a finite P norm
+    // beyond f64), None when a NaN or ±inf stopped the reduction.
+    let scaled =
+        if options.summation == Summation::Exact && ExactPartial::kind_of(norm_type).is_some() {
+            let part = short_circuit_exact(grads, norm_type, isa)?;
+            part.is_finite().then(|| Ok(part.finish()))
+        } else {
+            let part = short_circuit_partial(grads, norm_type, isa)?;
+            part.is_finite().then(|| finite_norm(&part))
+        };
+    let Some(scaled_norm) = scaled else {
         let first = first_nonfinite_or_panic_free(grads);
         if options.on_nonfinite == NonFinitePolicy::Error {
             return Err(Error::NonFinite(first));
@@ -135,8 +150,8 @@ fn amp_impl(
             written: false,
             found_inf: Some(first),
         });
-    }
-    let scaled_norm = finite_norm(&part)?;
+    };
+    let scaled_norm = scaled_norm?;
     let total_norm = scaled_norm / loss_scale;
     let clip_coef = clip_coefficient(max_norm, total_norm, options.eps)?;
     let factor = (clip_coef / loss_scale) as f32;

@@ -1,15 +1,17 @@
 //! The fused AMP step (`unscale_clip_grad_norm_`): every ISA and thread count gives the same
 //! bits, the norm is within 1e-14 of the scalar reference divided by the loss scale, every
 //! written element is `round_to_dtype(f32(x) * f32(coef / S))`, non-finite input writes nothing,
-//! and with a power-of-two scale it equals the two-pass `scale_(1/S)` + `clip_grad_norm_`.
+//! and with a power-of-two scale it equals the two-pass `scale_(1/S)` + `clip_grad_norm_`. In
+//! exact mode (`ClipOptions::summation`) the norm is the exactly rounded one, the same bits for
+//! any split of the gradients into buffers.
 
 mod common;
 
 use common::*;
 use gradclip::{
-    clip_coefficient, clip_grad_norm_, get_total_norm, reference, scale_, unscale_clip_grad_norm_,
-    unscale_clip_grad_norm_with_isa_, AmpReport, ClipOptions, Error, Grad, GradMut, Isa, NonFinite,
-    NonFinitePolicy, NormType, CHUNK_ELEMS,
+    clip_coefficient, clip_grad_norm_, get_total_norm, get_total_norm_exact, reference, scale_,
+    unscale_clip_grad_norm_, unscale_clip_grad_norm_with_isa_, AmpReport, ClipOptions, Error, Grad,
+    GradMut, Isa, NonFinite, NonFinitePolicy, NormType, Summation, CHUNK_ELEMS,
 };
 
 fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
@@ -280,4 +282,183 @@ fn norm_matches_get_total_norm_of_the_scaled_buffers() {
         assert_eq!(r.scaled_norm.to_bits(), want.to_bits());
         assert_eq!(r.total_norm, want / 3.0);
     }
+}
+
+fn exact(nt: NormType) -> ClipOptions {
+    ClipOptions {
+        norm_type: nt,
+        summation: Summation::Exact,
+        ..ClipOptions::default()
+    }
+}
+
+/// The f32 values of `v` cut at `cuts` into buffers of the dtype `dt` (0 f32, 1 f16, 2 bf16).
+fn pieces(v: &[f32], cuts: &[usize], dt: usize) -> Vec<Buf> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &c in cuts.iter().chain([v.len()].iter()) {
+        out.push(Buf::all_dtypes(&v[at..c])[dt].clone());
+        at = c;
+    }
+    out
+}
+
+fn concat_bits(set: &[Buf]) -> Vec<u32> {
+    set.iter().flat_map(Buf::bits).collect()
+}
+
+/// Zeros with three values whose exact sum of squares (`tie_l2`) or of magnitudes (`tie_l1`)
+/// lies just above a rounding tie: `2.25 + 2^-52 + 2^-106` and `1 + 2^-53 + 2^-106`. A
+/// compensated sum rounds the two small terms to the tie and then to even (2.25, 1), the exact
+/// one rounds up; the norms differ in the last bit (1.5 vs 1.5 + 2^-52, 1 vs 1 + 2^-52).
+fn tie(n: usize, l1: bool) -> Vec<f32> {
+    let mut v = vec![0.0f32; n];
+    let (a, b, c) = if l1 {
+        (1.0, 2f32.powi(-53), 2f32.powi(-106))
+    } else {
+        (1.5, 2f32.powi(-26), 2f32.powi(-53))
+    };
+    v[5] = a;
+    v[n / 2] = b;
+    v[n - 3] = c;
+    v
+}
+
+#[test]
+fn exact_mode_gives_the_exact_norm_for_any_split_isa_and_thread_count() {
+    let mut rng = Rng(0xE8AC);
+    let n = sized(3 * CHUNK_ELEMS + 123);
+    let data = [
+        ("random", rng.vec_f32(n)),
+        ("tie_l2", tie(n, false)),
+        ("tie_l1", tie(n, true)),
+    ];
+    let splits: [Vec<usize>; 4] = [
+        vec![],
+        vec![n / 3],
+        vec![1, 777, n / 2, n / 2, n - 5],
+        (1..148).map(|i| i * n / 148 + i % 7).collect(),
+    ];
+    for (name, v) in &data {
+        for nt in [NormType::L2, NormType::L1, NormType::Inf] {
+            for dt in 0..3 {
+                let whole = pieces(v, &[], dt);
+                for scale in [1024.0, 3.0] {
+                    for max_norm in [1e-3, 1e30] {
+                        let (want, want_out) =
+                            run(&whole, scale, max_norm, exact(nt), Isa::Portable, 1);
+                        let want = want.expect("finite input");
+                        // The scaled norm is the exactly rounded norm of the scaled buffers.
+                        let ex = get_total_norm_exact(&grads_of(&whole), nt).unwrap();
+                        let at = format!("{name} {nt:?} dtype {dt}");
+                        assert_eq!(want.scaled_norm.to_bits(), ex.to_bits(), "{at}");
+                        assert_eq!(want.total_norm, ex / scale);
+                        let coef = clip_coefficient(max_norm, ex / scale, 1e-6).unwrap();
+                        assert_eq!(want.clip_coef, coef);
+                        if want.written {
+                            assert_scaled(&whole, &want_out, want.factor);
+                        }
+                        for cuts in &splits {
+                            let set = pieces(v, cuts, dt);
+                            for isa in Isa::available() {
+                                for threads in [1, 3] {
+                                    let (got, got_out) =
+                                        run(&set, scale, max_norm, exact(nt), isa, threads);
+                                    let got = got.unwrap();
+                                    assert_eq!(got, want, "{at} {isa:?} {threads} t {cuts:?}");
+                                    assert!(concat_bits(&got_out) == concat_bits(&want_out));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // The ties: the exact norm rounds up where the compensated one does not (f32 and bf16 hold
+    // the three values; the test above would not notice a compensated norm without this).
+    for dt in [0, 2] {
+        for (l1, nt) in [(false, NormType::L2), (true, NormType::L1)] {
+            let set = pieces(&tie(n, l1), &[], dt);
+            let want = if l1 { 1.0 } else { 1.5 };
+            let (e, _) = run(&set, 1.0, 1e30, exact(nt), Isa::selected(), 1);
+            let (c, _) = run(
+                &set,
+                1.0,
+                1e30,
+                opts(nt, NonFinitePolicy::Error),
+                Isa::selected(),
+                1,
+            );
+            assert_eq!(
+                e.unwrap().total_norm,
+                want + 2f64.powi(-52),
+                "{nt:?} dtype {dt}"
+            );
+            assert_eq!(c.unwrap().total_norm, want, "{nt:?} dtype {dt}");
+        }
+    }
+}
+
+#[test]
+fn exact_mode_with_a_power_of_two_scale_gives_the_exact_norm_of_the_unscaled_gradients() {
+    let mut rng = Rng(31);
+    let n = sized(2 * CHUNK_ELEMS + 9);
+    for (v, scale) in [2.0f32, 1024.0, 65536.0]
+        .into_iter()
+        .flat_map(|s| [(rng.vec_f32(n), s), (tie(n, false), s), (tie(n, true), s)])
+    {
+        let scaled: Vec<f32> = v.iter().map(|&x| x * scale).collect();
+        for nt in [NormType::L2, NormType::L1, NormType::Inf] {
+            let (r, _) = run(
+                &[Buf::F32(scaled.clone())],
+                scale as f64,
+                1e30,
+                exact(nt),
+                Isa::selected(),
+                2,
+            );
+            let want = get_total_norm_exact(&[Grad::from(&v)], nt).unwrap();
+            assert_eq!(
+                r.unwrap().total_norm.to_bits(),
+                want.to_bits(),
+                "{nt:?} S={scale}"
+            );
+        }
+    }
+}
+
+#[test]
+fn exact_mode_keeps_p_norms_compensated_and_the_nonfinite_handling() {
+    let mut rng = Rng(8);
+    let v = rng.vec_f32(sized(CHUNK_ELEMS + 77));
+    let set = vec![Buf::F32(v.clone()), Buf::BF16(to_bf16(&v[..1000]))];
+    let p3 = opts(NormType::P(3.0), NonFinitePolicy::Error);
+    let (a, a_out) = run(&set, 8.0, 0.1, exact(NormType::P(3.0)), Isa::selected(), 2);
+    let (b, b_out) = run(&set, 8.0, 0.1, p3, Isa::selected(), 2);
+    assert_eq!(a.unwrap(), b.unwrap());
+    assert_eq!(a_out, b_out);
+    let mut bad = v.clone();
+    bad[CHUNK_ELEMS + 3] = f32::NAN;
+    let set = vec![Buf::F32(v.clone()), Buf::F32(bad)];
+    let first = NonFinite {
+        buffer: 1,
+        index: CHUNK_ELEMS + 3,
+        value: f64::NAN,
+    };
+    let (r, out) = run(&set, 8.0, 0.1, exact(NormType::L2), Isa::selected(), 2);
+    assert_eq!(r, Err(Error::NonFinite(first)));
+    assert!(concat_bits(&out) == concat_bits(&set));
+    let skip = ClipOptions {
+        on_nonfinite: NonFinitePolicy::Skip,
+        ..exact(NormType::L1)
+    };
+    let (r, out) = run(&set, 8.0, 0.1, skip, Isa::selected(), 2);
+    let r = r.unwrap();
+    assert_eq!(
+        r.found_inf.map(|f| (f.buffer, f.index)),
+        Some((1, CHUNK_ELEMS + 3))
+    );
+    assert!(r.total_norm.is_nan() && !r.written);
+    assert!(concat_bits(&out) == concat_bits(&set));
 }

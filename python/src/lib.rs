@@ -15,9 +15,10 @@ mod pool;
 
 use buffers::{collect, mark_written, views, views_mut, Access, Buffer, Buffers, Kind, Role};
 use gradclip::{
-    clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, first_nonfinite, get_total_norm,
-    par_min_bytes, total_norm_partial, unscale_clip_grad_norm_, ClipOptions, DType, Error, Isa,
-    NonFinite, NonFinitePolicy, NormPartial, NormType,
+    clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, exact_partial, first_nonfinite,
+    get_total_norm_with, par_min_bytes, total_norm_partial, unscale_clip_grad_norm_, ClipOptions,
+    DType, Error, ExactPartial, Grad, Isa, NonFinite, NonFinitePolicy, NormPartial, NormType,
+    Summation,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -49,6 +50,15 @@ fn parse_norm_type(p: f64) -> PyResult<NormType> {
             "norm_type {p} is not supported: gradclip takes p > 0 or inf ('inf'); torch's 0 \
              and -inf norms count or take minima and are not gradient norms to clip by"
         )))
+    }
+}
+
+/// The library's summation mode for the Python keyword `exact`.
+fn summation(exact: bool) -> Summation {
+    if exact {
+        Summation::Exact
+    } else {
+        Summation::Compensated
     }
 }
 
@@ -93,14 +103,38 @@ fn lib_err(py: Python<'_>, b: &Buffers<'_>, e: Error) -> PyErr {
     }
 }
 
-/// The total norm of the buffers (`tensors` or the `.grad` of `parameters`).
+/// The exact partial of `v` (L1, L2, Inf), or `None` for a P(p) norm: there is no exact sum
+/// and the caller falls back to the compensated one, as the library's `get_total_norm_with` does.
+fn exact_or_fallback(v: &[Grad<'_>], nt: NormType) -> Result<Option<ExactPartial>, Error> {
+    match exact_partial(v, nt) {
+        Ok(p) => Ok(Some(p)),
+        Err(Error::ExactUnsupported { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The norm of `v` without short-circuit: NaN if any NaN, else +inf when an inf is present
+/// (torch's behaviour); exact for L1, L2 and Inf when `exact`.
+fn propagating_norm(v: &[Grad<'_>], nt: NormType, exact: bool) -> Result<f64, Error> {
+    if exact {
+        if let Some(p) = exact_or_fallback(v, nt)? {
+            return Ok(p.finish());
+        }
+    }
+    total_norm_partial(v, nt).map(|p| p.finish())
+}
+
+/// The total norm of the buffers (`tensors` or the `.grad` of `parameters`); `exact`: the
+/// exactly rounded L1/L2 norm (`Summation::Exact`).
 #[pyfunction]
+#[pyo3(signature = (items, use_grad, norm_type, error_if_nonfinite, exact=false))]
 fn total_norm(
     py: Python<'_>,
     items: &Bound<'_, PyAny>,
     use_grad: bool,
     norm_type: f64,
     error_if_nonfinite: bool,
+    exact: bool,
 ) -> PyResult<NormOut> {
     let nt = parse_norm_type(norm_type)?;
     let b = collect(items, role(use_grad), Access::Read)?;
@@ -109,10 +143,9 @@ fn total_norm(
         // SAFETY: `bufs` came from `collect` in this call; `b.owners` keeps the objects alive.
         let v = unsafe { views(bufs) };
         if error_if_nonfinite {
-            get_total_norm(&v, nt)
+            get_total_norm_with(&v, nt, summation(exact))
         } else {
-            // torch's behaviour: NaN if any NaN, else +inf when an inf is present.
-            total_norm_partial(&v, nt).map(|p| p.finish())
+            propagating_norm(&v, nt, exact)
         }
     })?;
     match r {
@@ -124,15 +157,17 @@ fn total_norm(
 /// `clip_grad_norm_`: the norm, then the scale (torch's NaN/inf propagation unless
 /// `error_if_nonfinite`). `max_norm == inf` measures only.
 #[pyfunction]
+#[pyo3(signature = (items, max_norm, norm_type, error_if_nonfinite, exact=false))]
 fn clip_grad_norm(
     py: Python<'_>,
     items: &Bound<'_, PyAny>,
     max_norm: f64,
     norm_type: f64,
     error_if_nonfinite: bool,
+    exact: bool,
 ) -> PyResult<NormOut> {
     if max_norm == f64::INFINITY {
-        return total_norm(py, items, true, norm_type, error_if_nonfinite);
+        return total_norm(py, items, true, norm_type, error_if_nonfinite, exact);
     }
     let nt = parse_norm_type(norm_type)?;
     let b = collect(items, Role::Grads, Access::Write)?;
@@ -143,6 +178,7 @@ fn clip_grad_norm(
         } else {
             NonFinitePolicy::Propagate
         },
+        summation: summation(exact),
         ..ClipOptions::default()
     };
     let bufs = &b.bufs;
@@ -206,20 +242,28 @@ fn clip_grad_value(py: Python<'_>, items: &Bound<'_, PyAny>, clip_value: f64) ->
     mark_written(py, &b)
 }
 
-/// This rank's partial (40 bytes, `NormPartial`'s `repr(C)` layout) for a sharded norm, with the
-/// kind and result dtype of the local buffers.
+/// `(kind, result dtype, partial bytes, exact)` of [`partial`].
+type PartialOut<'py> = (
+    Option<&'static str>,
+    Option<&'static str>,
+    Bound<'py, PyBytes>,
+    bool,
+);
+
+/// This rank's partial for a sharded norm, with the kind and result dtype of the local buffers
+/// and whether it is exact: 40 bytes (`NormPartial`'s `repr(C)` layout) in compensated mode,
+/// 96 bytes (`ExactPartial`'s) in exact mode for L1, L2 and Inf. Exact mode falls back to the
+/// compensated partial for P(p) norms, as the library's `get_total_norm_with` does.
 #[pyfunction]
+#[pyo3(signature = (items, use_grad, norm_type, for_write, exact=false))]
 fn partial<'py>(
     py: Python<'py>,
     items: &Bound<'py, PyAny>,
     use_grad: bool,
     norm_type: f64,
     for_write: bool,
-) -> PyResult<(
-    Option<&'static str>,
-    Option<&'static str>,
-    Bound<'py, PyBytes>,
-)> {
+    exact: bool,
+) -> PyResult<PartialOut<'py>> {
     let nt = parse_norm_type(norm_type)?;
     let access = if for_write {
         Access::Write
@@ -231,34 +275,84 @@ fn partial<'py>(
     let r = run(py, b.total_bytes(), || {
         // SAFETY: as in `total_norm`.
         let v = unsafe { views(bufs) };
-        total_norm_partial(&v, nt)
+        if exact {
+            if let Some(p) = exact_or_fallback(&v, nt)? {
+                return Ok(Local::Exact(p));
+            }
+        }
+        total_norm_partial(&v, nt).map(Local::Compensated)
     })?;
     let p = r.map_err(|e| lib_err(py, &b, e))?;
     let (kind, _, dtype, _) = norm_out(&b, 0.0);
-    Ok((kind, dtype, PyBytes::new(py, bytemuck::bytes_of(&p))))
+    let (bytes, is_exact) = match &p {
+        Local::Exact(p) => (bytemuck::bytes_of(p), true),
+        Local::Compensated(p) => (bytemuck::bytes_of(p), false),
+    };
+    Ok((kind, dtype, PyBytes::new(py, bytes), is_exact))
 }
 
-/// Merges the ranks' partials (concatenated, in rank order) and finishes the norm: `(total,
-/// first rank whose partial saw a NaN or inf, or None)`. Every rank gets the same bits.
-#[pyfunction]
-fn merge_partials(gathered: &[u8]) -> PyResult<(f64, Option<usize>)> {
-    let size = std::mem::size_of::<NormPartial>();
+/// A rank's partial in either mode.
+enum Local {
+    Compensated(NormPartial),
+    Exact(ExactPartial),
+}
+
+/// The partial type `P` of a mode: its identity, merge, finish and finiteness.
+struct Ops<P> {
+    empty: P,
+    merge: fn(P, P) -> P,
+    finish: fn(&P) -> f64,
+    is_finite: fn(&P) -> bool,
+}
+
+/// Merges the partials of type `P` concatenated in `gathered` in rank order.
+fn merge_gathered<P: bytemuck::Pod>(
+    gathered: &[u8],
+    ops: Ops<P>,
+) -> PyResult<(f64, Option<usize>)> {
+    let size = std::mem::size_of::<P>();
     if !gathered.len().is_multiple_of(size) {
         return Err(PyValueError::new_err(format!(
             "gathered partials: {} bytes is not a multiple of {size}",
             gathered.len()
         )));
     }
-    let mut total = NormPartial::EMPTY;
+    let mut total = ops.empty;
     let mut bad = None;
     for (rank, chunk) in gathered.chunks_exact(size).enumerate() {
-        let p: NormPartial = bytemuck::pod_read_unaligned(chunk);
-        if !p.is_finite() && bad.is_none() {
+        let p: P = bytemuck::pod_read_unaligned(chunk);
+        if !(ops.is_finite)(&p) && bad.is_none() {
             bad = Some(rank);
         }
-        total = total.merge(p);
+        total = (ops.merge)(total, p);
     }
-    Ok((total.finish(), bad))
+    Ok(((ops.finish)(&total), bad))
+}
+
+/// Merges the ranks' partials (concatenated, in rank order; `exact`: `ExactPartial`s, else
+/// `NormPartial`s) and finishes the norm: `(total, first rank whose partial saw a NaN or inf, or
+/// None)`. Every rank gets the same bits; exact partials give the bits of the single-process
+/// exact norm of all the shards, whatever the cut points and the number of ranks.
+#[pyfunction]
+#[pyo3(signature = (gathered, exact=false))]
+fn merge_partials(gathered: &[u8], exact: bool) -> PyResult<(f64, Option<usize>)> {
+    if exact {
+        let ops = Ops {
+            empty: ExactPartial::EMPTY,
+            merge: ExactPartial::merge,
+            finish: ExactPartial::finish,
+            is_finite: ExactPartial::is_finite,
+        };
+        merge_gathered(gathered, ops)
+    } else {
+        let ops = Ops {
+            empty: NormPartial::EMPTY,
+            merge: NormPartial::merge,
+            finish: NormPartial::finish,
+            is_finite: NormPartial::is_finite,
+        };
+        merge_gathered(gathered, ops)
+    }
 }
 
 /// Raises `NonFiniteError` for the first NaN or inf of the local buffers (naming `rank` when
@@ -299,6 +393,8 @@ type AmpOut = (
 /// The fused AMP step on the `.grad` of `items`: `(kind, unscaled norm, dtype, rounded norm,
 /// found_inf, written, clip_coef, factor)`. Nothing is written when a gradient is not finite.
 #[pyfunction]
+#[pyo3(signature = (items, loss_scale, max_norm, norm_type, error_if_nonfinite, refuse_f16, exact=false))]
+#[allow(clippy::too_many_arguments)]
 fn amp_step(
     py: Python<'_>,
     items: &Bound<'_, PyAny>,
@@ -307,6 +403,7 @@ fn amp_step(
     norm_type: f64,
     error_if_nonfinite: bool,
     refuse_f16: bool,
+    exact: bool,
 ) -> PyResult<AmpOut> {
     let nt = parse_norm_type(norm_type)?;
     let b = collect(items, Role::Grads, Access::Write)?;
@@ -323,6 +420,7 @@ fn amp_step(
         } else {
             NonFinitePolicy::Skip
         },
+        summation: summation(exact),
         ..ClipOptions::default()
     };
     let bufs = &b.bufs;
@@ -387,5 +485,6 @@ fn _gradclip(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add("ISA", Isa::selected().name())?;
     m.add("PARTIAL_BYTES", std::mem::size_of::<NormPartial>())?;
+    m.add("EXACT_PARTIAL_BYTES", std::mem::size_of::<ExactPartial>())?;
     Ok(())
 }

@@ -20,26 +20,30 @@ def values_f64(tensors) -> np.ndarray:
     return np.concatenate([t.detach().reshape(-1).double().numpy() for t in tensors])
 
 
+def magnitudes(values):
+    """``(|x| as float64, None)`` for every element of ``values`` (a list of tensors or arrays,
+    or one float64 array), or ``(None, result)`` when one is NaN (NaN) or infinite (inf), as
+    torch's norms report them."""
+    v = values if isinstance(values, np.ndarray) else values_f64(values)
+    if np.isnan(v).any():
+        return None, math.nan
+    if np.isinf(v).any():
+        return None, math.inf
+    return np.abs(v), None
+
+
 def exact_norm(tensors, p) -> float:
     """The norm of the exact real values, rounded to f64 (independent of gradclip).
 
-    L2 and L1: ``math.fsum`` is the correctly rounded sum of the exact squares (exact in f64 for
-    f32/f16/bf16 values) or magnitudes; the square root adds half an ulp. Integer p: an exact
-    integer sum of |x|^p scaled by 2^(p*149) and an integer p-th root with 64 spare bits.
-    ``inf``: the exact maximum. NaN if any NaN, inf if any inf (torch's convention).
+    L2, L1 and ``inf``: :func:`exact_reference`. Integer p: an exact integer sum of |x|^p scaled
+    by 2^(p*149) and an integer p-th root with 64 spare bits. NaN if any NaN, inf if any inf
+    (torch's convention).
     """
-    v = values_f64(tensors)
-    if np.isnan(v).any():
-        return math.nan
-    if np.isinf(v).any():
-        return math.inf
-    a = np.abs(v)
-    if p == math.inf:
-        return float(a.max()) if a.size else 0.0
-    if p == 2:
-        return math.sqrt(math.fsum((a * a).tolist()))
-    if p == 1:
-        return math.fsum(a.tolist())
+    if p in (1, 2, math.inf):
+        return exact_reference(tensors, p)
+    a, special = magnitudes(tensors)
+    if special is not None:
+        return special
     if float(p).is_integer():
         p = int(p)
         scale = 149  # every f32/f16/bf16 value is an integer multiple of 2^-149
@@ -50,6 +54,37 @@ def exact_norm(tensors, p) -> float:
         root = integer_root(total << (p * extra), p)  # floor((total * 2^(64p))^(1/p))
         return float(Fraction(root, 1 << (scale + extra)))
     raise ValueError(f"no exact reference for p = {p}")
+
+
+def exact_reference(values, p) -> float:
+    """The exactly rounded norm by integer arithmetic, independent of gradclip: every value
+    (widened exactly to f64) is ``m * 2^e`` with an integer ``m``; the sum of ``m^2 * 2^(2e)``
+    (L2) or ``m * 2^e`` (L1) is formed as one Python integer times a power of two, rounded once
+    to f64 by CPython's correctly rounded integer division (ties to even), and L2 takes
+    ``math.sqrt`` of that f64. ``inf``: the largest magnitude. NaN if any NaN, inf if any inf.
+    ``values``: a list of tensors or arrays, or one float64 array."""
+    a, special = magnitudes(values)
+    if special is not None:
+        return special
+    if p == math.inf:
+        return float(a.max()) if a.size else 0.0
+    if p not in (1, 2):
+        raise ValueError(f"exact_reference: p = {p} is not summed exactly")
+    p = int(p)
+    frac, exp = np.frexp(a)
+    m = (frac * 2.0**53).astype(np.int64).tolist()  # exact: 53-bit significands
+    e = (exp.astype(np.int64) - 53).tolist()
+    if not m:
+        return 0.0
+    low = min(e) * p
+    total = 0
+    for mi, ei in zip(m, e):
+        if mi:
+            total += (mi**p) << (ei * p - low)
+    if total == 0:
+        return 0.0
+    s = float(total << low) if low >= 0 else total / (1 << -low)
+    return math.sqrt(s) if p == 2 else s
 
 
 def integer_root(n: int, p: int) -> int:

@@ -7,12 +7,21 @@ the kernels run. The norm is computed in compensated f64 (within 1e-14 relative 
 value for L1 and L2), the same bits for any thread count and any CPU, and returned as torch
 returns it: a 0-dim tensor of the gradients' dtype, rounded once from the f64 value.
 
+``exact=True`` (a keyword of every function that computes a norm) gives the exactly rounded
+norm instead: the sum of squares (L2) or of magnitudes (L1) is accumulated without rounding and
+rounded once to f64 (L2 then takes the f64 square root), so the result has the same bits for any
+split of the same numbers into tensors, any order of the tensors, any thread count and CPU, and,
+with ``group=``, any number of ranks and any shard cut points. Inf norms are exact either way;
+P(p) norms are not summed exactly and ``exact=True`` computes them as without it (the core
+library's ``Summation::Exact`` does the same).
+
 Besides the torch names:
 
 * :func:`unscale_clip_grad_norm_` -- ``scaler.unscale_(optimizer)`` and ``clip_grad_norm_`` fused
   into one read pass and at most one write pass, for ``torch.amp.GradScaler``;
 * ``group=`` on the norm functions -- a sharded norm over a ``torch.distributed`` process group
-  (one 40-byte all-gather), the same bits on every rank;
+  (one all-gather of a 40-byte partial, 96 bytes with ``exact=True``), the same bits on every
+  rank; with ``exact=True`` the bits of the single-process exact norm of the unsharded data;
 * :func:`get_total_norm_f64` / :func:`clip_grad_norm_f64_` -- the f64 norm as a Python float;
 * :func:`set_num_threads` / :func:`get_num_threads` -- the kernels' thread pool.
 
@@ -82,6 +91,12 @@ def _as_list(items, warn_empty_generator: bool = False):
     return items
 
 
+def _exact_flag(exact) -> bool:
+    if exact is True or exact is False:
+        return exact
+    raise TypeError(f"exact must be True or False, got {exact!r}")
+
+
 def _norm(out):
     """The native ``(kind, f64, dtype, rounded)`` as torch returns it."""
     kind, total, dtype, rounded = out
@@ -95,7 +110,9 @@ def _norm(out):
     return torch.tensor(0.0) if torch is not None else 0.0
 
 
-def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=None, *, group=None):
+def get_total_norm(
+    tensors, norm_type=2.0, error_if_nonfinite=False, foreach=None, *, group=None, exact=False
+):
     """The norm of ``tensors`` (a tensor, or an iterable of tensors or of NumPy arrays), as if
     they were concatenated into one vector: ``torch.nn.utils.get_total_norm``.
 
@@ -109,33 +126,50 @@ def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=Non
     implementation). ``group``: a ``torch.distributed`` process group over which the tensors are
     shards of one set (see :mod:`gradclip.distributed`); ``None`` communicates nothing.
 
+    ``exact``: ``True`` for the exactly rounded L1/L2 norm (see the module docs): the same bits
+    for any split of the data into tensors or, with ``group``, into shards over any number of
+    ranks. Inf is exact either way; P(p) norms are computed as with ``exact=False``.
+
     A norm too large for the dtype (above 65504 in float16) is returned as inf, as torch would;
     :func:`get_total_norm_f64` gives the f64 value.
     """
     tensors = _as_list(tensors)
     norm_type = float(norm_type)
-    if group is not None:
-        from . import distributed
-
-        return distributed._total_norm(tensors, False, norm_type, error_if_nonfinite, group)
-    return _norm(_native.total_norm(tensors, False, norm_type, bool(error_if_nonfinite)))
-
-
-def get_total_norm_f64(tensors, norm_type=2.0, error_if_nonfinite=False, *, group=None) -> float:
-    """:func:`get_total_norm` as the f64 value itself (a Python float), before any rounding."""
-    tensors = _as_list(tensors)
-    norm_type = float(norm_type)
+    exact = _exact_flag(exact)
     if group is not None:
         from . import distributed
 
         return distributed._total_norm(
-            tensors, False, norm_type, error_if_nonfinite, group, as_float=True
+            tensors, False, norm_type, error_if_nonfinite, group, exact=exact
         )
-    return _native.total_norm(tensors, False, norm_type, bool(error_if_nonfinite))[1]
+    return _norm(_native.total_norm(tensors, False, norm_type, bool(error_if_nonfinite), exact))
+
+
+def get_total_norm_f64(
+    tensors, norm_type=2.0, error_if_nonfinite=False, *, group=None, exact=False
+) -> float:
+    """:func:`get_total_norm` as the f64 value itself (a Python float), before any rounding."""
+    tensors = _as_list(tensors)
+    norm_type = float(norm_type)
+    exact = _exact_flag(exact)
+    if group is not None:
+        from . import distributed
+
+        return distributed._total_norm(
+            tensors, False, norm_type, error_if_nonfinite, group, as_float=True, exact=exact
+        )
+    return _native.total_norm(tensors, False, norm_type, bool(error_if_nonfinite), exact)[1]
 
 
 def clip_grad_norm_(
-    parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None, *, group=None
+    parameters,
+    max_norm,
+    norm_type=2.0,
+    error_if_nonfinite=False,
+    foreach=None,
+    *,
+    group=None,
+    exact=False,
 ):
     """Clips the global norm of the gradients of ``parameters`` in place, as
     ``torch.nn.utils.clip_grad_norm_``, and returns the norm before clipping (a 0-dim tensor of
@@ -154,34 +188,42 @@ def clip_grad_norm_(
     ``max_norm=inf`` measures without writing anything; the coefficient uses the f64 norm, so
     float16 gradients whose norm exceeds 65504 are clipped correctly (torch computes an inf norm
     in float16 and zeroes them); gradients that share memory raise :class:`OverlapError`.
-    ``foreach`` is accepted and ignored. ``group``: see :func:`get_total_norm`.
+    ``foreach`` is accepted and ignored. ``group`` and ``exact``: see :func:`get_total_norm`
+    (with ``exact=True`` the coefficient comes from the exact norm, so the clipped gradients have
+    the same bits however the data is split into tensors, shards and ranks).
     """
     parameters = _as_list(parameters, warn_empty_generator=True)
     max_norm = float(max_norm)
     norm_type = float(norm_type)
+    exact = _exact_flag(exact)
     if group is not None:
         from . import distributed
 
         return distributed._clip_grad_norm(
-            parameters, max_norm, norm_type, error_if_nonfinite, group
+            parameters, max_norm, norm_type, error_if_nonfinite, group, exact=exact
         )
-    return _norm(_native.clip_grad_norm(parameters, max_norm, norm_type, bool(error_if_nonfinite)))
+    return _norm(
+        _native.clip_grad_norm(parameters, max_norm, norm_type, bool(error_if_nonfinite), exact)
+    )
 
 
 def clip_grad_norm_f64_(
-    parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, *, group=None
+    parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, *, group=None, exact=False
 ) -> float:
     """:func:`clip_grad_norm_` returning the f64 norm before clipping as a Python float."""
     parameters = _as_list(parameters, warn_empty_generator=True)
     max_norm = float(max_norm)
     norm_type = float(norm_type)
+    exact = _exact_flag(exact)
     if group is not None:
         from . import distributed
 
         return distributed._clip_grad_norm(
-            parameters, max_norm, norm_type, error_if_nonfinite, group, as_float=True
+            parameters, max_norm, norm_type, error_if_nonfinite, group, as_float=True, exact=exact
         )
-    return _native.clip_grad_norm(parameters, max_norm, norm_type, bool(error_if_nonfinite))[1]
+    return _native.clip_grad_norm(
+        parameters, max_norm, norm_type, bool(error_if_nonfinite), exact
+    )[1]
 
 
 def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None) -> None:
@@ -217,14 +259,18 @@ class AmpResult(NamedTuple):
     written: bool
 
 
-def amp_step_(parameters, loss_scale, max_norm, norm_type=2.0, error_if_nonfinite=False):
+def amp_step_(
+    parameters, loss_scale, max_norm, norm_type=2.0, error_if_nonfinite=False, *, exact=False
+):
     """Unscales gradients that carry a loss scale and clips them, fused: one read pass (the
     NaN/inf check and the norm) and at most one write pass with the factor
     ``f32(min(1, max_norm / (norm / loss_scale + 1e-6)) / loss_scale)``; nothing is written when a
     gradient is not finite (``found_inf``), nor when the factor is exactly 1. Works on tensors
     (their ``.grad``) and NumPy arrays. For ``torch.amp.GradScaler`` use
     :func:`unscale_clip_grad_norm_`, which also records what ``scaler.step`` and
-    ``scaler.update`` need."""
+    ``scaler.update`` need. ``exact=True``: the norm is the exactly rounded norm of the scaled
+    gradients divided by ``loss_scale`` (see :func:`get_total_norm`); with a power-of-two scale,
+    the exact norm of the unscaled gradients."""
     parameters = _as_list(parameters)
     kind, total, dtype, rounded, found_inf, written, coef, factor = _native.amp_step(
         parameters,
@@ -233,19 +279,24 @@ def amp_step_(parameters, loss_scale, max_norm, norm_type=2.0, error_if_nonfinit
         float(norm_type),
         bool(error_if_nonfinite),
         False,
+        _exact_flag(exact),
     )
     return AmpResult(_norm((kind, total, dtype, rounded)), found_inf, coef, factor, written)
 
 
-def unscale_clip_grad_norm_(scaler, optimizer, max_norm, norm_type=2.0, error_if_nonfinite=False):
+def unscale_clip_grad_norm_(
+    scaler, optimizer, max_norm, norm_type=2.0, error_if_nonfinite=False, *, exact=False
+):
     """``scaler.unscale_(optimizer)`` followed by ``clip_grad_norm_`` over the optimizer's
     parameters, fused into one read pass and at most one write pass (see
     :func:`gradclip.amp.unscale_clip_grad_norm_`). Returns the norm of the unscaled gradients as
     ``clip_grad_norm_`` would. Afterwards ``scaler.step(optimizer)`` and ``scaler.update()``
-    behave exactly as after ``scaler.unscale_(optimizer)``."""
+    behave exactly as after ``scaler.unscale_(optimizer)``. ``exact``: see :func:`amp_step_`."""
     from . import amp
 
-    return amp.unscale_clip_grad_norm_(scaler, optimizer, max_norm, norm_type, error_if_nonfinite)
+    return amp.unscale_clip_grad_norm_(
+        scaler, optimizer, max_norm, norm_type, error_if_nonfinite, exact=exact
+    )
 
 
 def set_num_threads(n: int) -> None:

@@ -38,14 +38,16 @@ module:
 from __future__ import annotations
 
 from . import _gradclip as _native
-from . import _norm, clip_grad_norm_
+from . import _exact_flag, _norm, clip_grad_norm_
 
 
 def _params(optimizer):
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def unscale_clip_grad_norm_(scaler, optimizer, max_norm, norm_type=2.0, error_if_nonfinite=False):
+def unscale_clip_grad_norm_(
+    scaler, optimizer, max_norm, norm_type=2.0, error_if_nonfinite=False, *, exact=False
+):
     """``scaler.unscale_(optimizer)`` + ``clip_grad_norm_(params, max_norm, norm_type)`` fused.
 
     Returns the norm of the unscaled gradients (before clipping) as a 0-dim tensor of their dtype;
@@ -55,12 +57,20 @@ def unscale_clip_grad_norm_(scaler, optimizer, max_norm, norm_type=2.0, error_if
 
     Raises ``RuntimeError`` as ``unscale_`` does when called twice for an optimizer before
     ``update()``, or after ``step()``. A disabled scaler only clips.
+
+    ``exact=True``: the norm is the exactly rounded norm of the scaled gradients divided by the
+    scale (L1, L2; Inf is exact either way, P(p) norms are computed as without it); with
+    GradScaler's power-of-two scales, the exact norm of the gradients ``unscale_`` would produce,
+    the same bits however they are split into parameters.
     """
     import torch
     from torch.amp.grad_scaler import OptState
 
+    exact = _exact_flag(exact)
     if not scaler.is_enabled():
-        return clip_grad_norm_(_params(optimizer), max_norm, norm_type, error_if_nonfinite)
+        return clip_grad_norm_(
+            _params(optimizer), max_norm, norm_type, error_if_nonfinite, exact=exact
+        )
     scale, _ = scaler._check_scale_growth_tracker("unscale_")
     state = scaler._per_optimizer_states[id(optimizer)]
     if state["stage"] is OptState.UNSCALED:
@@ -82,6 +92,7 @@ def unscale_clip_grad_norm_(scaler, optimizer, max_norm, norm_type=2.0, error_if
         float(norm_type),
         bool(error_if_nonfinite),
         True,
+        exact,
     )
     # What unscale_ records: one found_inf tensor per device that held gradients (none when no
     # parameter had a gradient, so that step() raises as it does after unscale_).
