@@ -88,7 +88,6 @@ pub use norm::{
     total_norm_partial,
 };
 pub use norm_type::NormType;
-pub use parallel::par_min_bytes;
 pub use partial::NormPartial;
 
 /// Elements per chunk of the reduction tree (the unit of parallel work and of determinism).

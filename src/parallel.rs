@@ -29,7 +29,7 @@ pub(crate) const PAR_MIN_BYTES: usize = 256 << 10;
 /// buffers smaller than this runs entirely on the calling thread, so a binding can skip handing
 /// such a call to its thread pool.
 #[inline]
-pub fn par_min_bytes() -> usize {
+pub(crate) fn par_min_bytes() -> usize {
     static VALUE: OnceLock<usize> = OnceLock::new();
     *VALUE.get_or_init(|| {
         std::env::var("GRADCLIP_PAR_MIN_BYTES")

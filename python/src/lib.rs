@@ -16,19 +16,19 @@ mod pool;
 use buffers::{collect, mark_written, views, views_mut, Access, Buffer, Buffers, Kind, Role};
 use gradclip::{
     clip_grad_norm_, clip_grad_value_, clip_grads_with_norm_, exact_partial, first_nonfinite,
-    get_total_norm_with, par_min_bytes, total_norm_partial, unscale_clip_grad_norm_, ClipOptions,
-    DType, Error, ExactPartial, Grad, Isa, NonFinite, NonFinitePolicy, NormPartial, NormType,
-    Summation,
+    fork_threshold_bytes, get_total_norm_with, total_norm_partial, unscale_clip_grad_norm_,
+    ClipOptions, DType, Error, ExactPartial, Grad, Isa, NonFinite, NonFinitePolicy, NormPartial,
+    NormType, Summation,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 /// Runs `f` with the GIL released; on the pool when the buffers are large enough for the
-/// library to fork at all (below [`par_min_bytes`] it runs on the calling thread either way,
+/// library to fork at all (below [`fork_threshold_bytes`] it runs on the calling thread either way,
 /// and handing it to a pool would only add a thread switch).
 fn run<R: Send>(py: Python<'_>, bytes: usize, f: impl FnOnce() -> R + Send) -> PyResult<R> {
-    if bytes >= par_min_bytes() {
+    if bytes >= fork_threshold_bytes() {
         let pool = pool::current(py)?;
         Ok(py.detach(move || pool.install(f)))
     } else {
