@@ -293,7 +293,7 @@ fn links_into_proc(out: &Path) -> bool {
 pub fn write_output(
     out: &Path,
     like: &Path,
-    write: impl FnOnce(&mut dyn Write) -> Result<(), String>,
+    write: impl FnOnce(&mut (dyn Write + Send)) -> Result<(), String>,
 ) -> Result<(), String> {
     let shown = st::one_line(&out.display().to_string());
     match out_kind(out, &shown)? {
@@ -374,7 +374,7 @@ fn write_atomically(
     out: &Path,
     shown: &str,
     like: &Path,
-    write: impl FnOnce(&mut dyn Write) -> Result<(), String>,
+    write: impl FnOnce(&mut (dyn Write + Send)) -> Result<(), String>,
 ) -> Result<(), String> {
     let dir: PathBuf = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
