@@ -289,10 +289,10 @@ fn links_into_proc(out: &Path) -> bool {
 /// the process by that signal. The temporary file is on the disk (`fsync`) before the rename and
 /// the rename is synced after it (the folder), so after a crash OUT is either the old file or the
 /// new one, and once the command has ended it is the new one; the disk starts writing the file
-/// while it is still produced (see [`SyncBehind`]), so the `fsync` costs little time. An existing FIFO or character device (or a link to one) is
-/// written into directly and never replaced: its reader sees the data as it is produced, so a
-/// failure part-way leaves it a truncated stream. Anything else that exists and is not a regular
-/// file is refused.
+/// while it is still produced (see [`SyncBehind`]), so the `fsync` costs little time. An
+/// existing FIFO or character device (or a link to one) is written into directly and never
+/// replaced: its reader sees the data as it is produced, so a failure part-way leaves it a
+/// truncated stream. Anything else that exists and is not a regular file is refused.
 pub fn write_output(
     out: &Path,
     like: &Path,

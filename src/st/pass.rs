@@ -141,13 +141,18 @@ struct Merged {
     tensors: Vec<Option<NormPartial>>,
 }
 
+/// The writer and the number of the next piece to write.
+struct Turn<'a> {
+    next: u64,
+    w: &'a mut (dyn Write + Send),
+}
+
 /// The state the threads of a pass share.
 struct Shared<'a> {
     cursor: Mutex<Cursor>,
     merged: Mutex<Merged>,
-    /// The next piece to write and the writer, with the condition the threads wait on for
-    /// their turn.
-    turn: Option<(Mutex<(u64, &'a mut (dyn Write + Send))>, Condvar)>,
+    /// Whose turn it is to write, with the condition the threads wait on for theirs.
+    turn: Option<(Mutex<Turn<'a>>, Condvar)>,
     stop: AtomicBool,
     /// The failure of the earliest piece (in file order) that failed.
     failed: Mutex<Option<(u64, StError)>>,
@@ -303,13 +308,13 @@ impl<S: Source + ?Sized> Pass<'_, S> {
             return Ok(());
         };
         let mut turn = lock(m);
-        while turn.0 != seq {
+        while turn.next != seq {
             if sh.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
             turn = cv.wait(turn).unwrap_or_else(|e| e.into_inner());
         }
-        let w = &mut *turn.1;
+        let w = &mut *turn.w;
         let werr = |e: std::io::Error| StError::Write(e.to_string());
         if seq == 0 {
             w.write_all(self.head).map_err(werr)?;
@@ -317,7 +322,7 @@ impl<S: Source + ?Sized> Pass<'_, S> {
         for g in views {
             w.write_all(into_le_bytes(g.reborrow())).map_err(werr)?;
         }
-        turn.0 += 1;
+        turn.next += 1;
         cv.notify_all();
         Ok(())
     }
@@ -459,7 +464,7 @@ fn run<S: Source + ?Sized>(
             nodes: HashMap::new(),
             tensors: vec![None; n],
         }),
-        turn: w.map(|w| (Mutex::new((0, w)), Condvar::new())),
+        turn: w.map(|w| (Mutex::new(Turn { next: 0, w }), Condvar::new())),
         stop: AtomicBool::new(false),
         failed: Mutex::new(None),
     };
@@ -485,9 +490,9 @@ fn run<S: Source + ?Sized>(
         return Err(e);
     }
     if let Some((m, _)) = sh.turn {
-        let (written, w) = m.into_inner().unwrap_or_else(|e| e.into_inner());
+        let Turn { next, w } = m.into_inner().unwrap_or_else(|e| e.into_inner());
         // No tensor, so no piece: the head alone.
-        if written == 0 {
+        if next == 0 {
             w.write_all(head)
                 .map_err(|e| StError::Write(e.to_string()))?;
         }
