@@ -742,14 +742,22 @@ mod tests {
         }
     }
 
-    /// A writer that fails after `left` bytes.
+    /// A writer that fails after `left` bytes, and counts the calls made after it failed. It is
+    /// slow, so the threads with the next pieces are waiting for their turn when it fails.
     struct Failing {
         left: usize,
+        failed: bool,
+        calls_after: usize,
     }
 
     impl Write for Failing {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(std::time::Duration::from_micros(300));
+            if self.failed {
+                self.calls_after += 1;
+            }
             if buf.len() > self.left {
+                self.failed = true;
                 return Err(std::io::Error::other("disk full"));
             }
             self.left -= buf.len();
@@ -769,7 +777,11 @@ mod tests {
         let expected = reference(&values, &tensors, NormType::L2);
         for left in [0, 100, bytes.len() / 2] {
             for threads in [1, 2, 4] {
-                let mut w = Failing { left };
+                let mut w = Failing {
+                    left,
+                    failed: false,
+                    calls_after: 0,
+                };
                 let out = Output {
                     head: layout.head(),
                     scale: Some(0.5),
@@ -787,6 +799,226 @@ mod tests {
                     Err(StError::Write(why)) => assert!(why.contains("disk full"), "{why}"),
                     other => panic!("{left} {threads}: {other:?}"),
                 }
+                // No thread writes a later piece after the failed one.
+                assert!(w.failed);
+                assert_eq!(w.calls_after, 0, "{left} {threads}");
+            }
+        }
+    }
+
+    /// A writer into a `Vec` that sleeps on every call, so the other threads read and reduce
+    /// later pieces (and meet their failures) while earlier ones wait to be written.
+    struct Slow(Vec<u8>);
+
+    impl Write for Slow {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(std::time::Duration::from_micros(300));
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_slow_writer_still_gets_the_pieces_in_file_order() {
+        let tensors = mixed();
+        let (bytes, values) = file(&tensors, 2);
+        let layout = super::super::parse(&bytes).unwrap();
+        let expected = reference(&values, &tensors, NormType::L2);
+        for threads in [2, 3, 4, 8] {
+            let mut w = Slow(Vec::new());
+            let out = Output {
+                head: layout.head(),
+                scale: None,
+                expected: &expected,
+                w: &mut w,
+            };
+            run(
+                &bytes[..],
+                &layout,
+                NormType::L2,
+                Some(out),
+                256 * KIB,
+                threads,
+            )
+            .unwrap();
+            assert!(w.0 == bytes, "threads {threads}");
+        }
+    }
+
+    /// `bytes` with the `index`th element of tensor `i` replaced by a NaN.
+    fn with_nan(bytes: &[u8], layout: &Layout, i: usize, index: usize) -> Vec<u8> {
+        let t = &layout.tensors[i];
+        let at = file_offset(layout, t) as usize + index * t.dtype.size_of();
+        let mut b = bytes.to_vec();
+        match t.dtype {
+            DType::F32 => b[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes()),
+            DType::F16 => b[at..at + 2].copy_from_slice(&f16::NAN.to_le_bytes()),
+            DType::BF16 => b[at..at + 2].copy_from_slice(&bf16::NAN.to_le_bytes()),
+        }
+        b
+    }
+
+    #[test]
+    fn the_earliest_failure_in_file_order_is_reported_whatever_finishes_first() {
+        let tensors = mixed();
+        let (bytes, values) = file(&tensors, 0);
+        let layout = super::super::parse(&bytes).unwrap();
+        let nt = NormType::L2;
+        let good = reference(&values, &tensors, nt);
+        // t3 (many pieces) and t8 (one piece) no longer have their measured partials, and the
+        // source ends inside t9 (the last piece): a single thread meets t3 first.
+        let mut expected = good.clone();
+        expected[3] = expected[0];
+        expected[8] = expected[0];
+        let short = &bytes[..bytes.len() - 3];
+        // t5 (many pieces) differs and the source is short: the change comes first.
+        let mut t5 = good.clone();
+        t5[5] = t5[0];
+        let cases: [(&[u8], &[NormPartial], &str); 4] = [
+            (&bytes, &expected, "t3"),
+            (short, &expected, "t3"),
+            (short, &t5, "t5"),
+            (short, &good, "read"),
+        ];
+        for (src, expected, want) in cases {
+            for threads in [1, 2, 3, 4] {
+                // Several runs: which thread finishes first varies.
+                for _ in 0..5 {
+                    let mut w = Slow(Vec::new());
+                    let out = Output {
+                        head: layout.head(),
+                        scale: Some(0.5),
+                        expected,
+                        w: &mut w,
+                    };
+                    let got = run(src, &layout, nt, Some(out), 256 * KIB, threads);
+                    match (&got, want) {
+                        (Err(StError::Changed { name }), _) if name == want => {}
+                        (Err(StError::Read { .. }), "read") => {}
+                        _ => panic!("threads {threads}: want {want}, got {got:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_total_has_the_bits_of_get_total_norm_for_any_thread_count() {
+        let tensors = mixed();
+        let (bytes, values) = file(&tensors, 1);
+        let layout = super::super::parse(&bytes).unwrap();
+        let h16: Vec<Vec<f16>> = values
+            .iter()
+            .map(|v| v.iter().map(|&x| f16::from_f32(x)).collect())
+            .collect();
+        let hb16: Vec<Vec<bf16>> = values
+            .iter()
+            .map(|v| v.iter().map(|&x| bf16::from_f32(x)).collect())
+            .collect();
+        let grads: Vec<Grad<'_>> = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, &(dtype, _))| match dtype {
+                DType::F32 => Grad::F32(&values[i]),
+                DType::F16 => Grad::F16(&h16[i]),
+                DType::BF16 => Grad::BF16(&hb16[i]),
+            })
+            .collect();
+        for nt in [NormType::L2, NormType::L1, NormType::Inf, NormType::P(1.5)] {
+            let want = crate::get_total_norm(&grads, nt).unwrap();
+            for threads in [1, 2, 3, 8] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                // The library's own total does not depend on its thread count either.
+                let lib = pool.install(|| crate::get_total_norm(&grads, nt).unwrap());
+                assert_eq!(lib.to_bits(), want.to_bits(), "{nt:?} threads {threads}");
+                // The file's, through the entry point `gradclip norm` uses.
+                let got = pool.install(|| super::super::norms(&bytes[..], &layout, nt).unwrap());
+                assert_eq!(
+                    got.total_norm.to_bits(),
+                    want.to_bits(),
+                    "{nt:?} threads {threads}"
+                );
+                for cap in [256 * KIB, 1024 * KIB] {
+                    let parts = run(&bytes[..], &layout, nt, None, cap, threads).unwrap();
+                    let total = crate::parallel::merge_set(&parts, NormPartial::new(nt).unwrap());
+                    assert_eq!(
+                        total.finish().to_bits(),
+                        want.to_bits(),
+                        "{nt:?} cap {cap} threads {threads}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_nan_is_found_first_in_file_order_before_anything_is_written() {
+        let tensors = mixed();
+        let (bytes, _) = file(&tensors, 0);
+        let layout = super::super::parse(&bytes).unwrap();
+        // NaNs late in t3 (many pieces) and early in t5 and t9: t3's is the first in file order.
+        let chunk = 1 << 16;
+        let bad = with_nan(&bytes, &layout, 3, 4 * chunk + 9);
+        let bad = with_nan(&bad, &layout, 5, 0);
+        let bad = with_nan(&bad, &layout, 9, 0);
+        for threads in [1, 2, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            match pool.install(|| super::super::clip(&bad[..], &layout, 1.0, NormType::L2)) {
+                Err(StError::NonFinite(l)) => {
+                    assert_eq!((l.tensor, l.name.as_str()), (3, "t3"), "threads {threads}");
+                    assert_eq!(l.index, 4 * chunk + 9);
+                    assert!(l.value.is_nan());
+                }
+                // No `Clipped`, so nothing can be written.
+                other => panic!("threads {threads}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn no_tensor_or_only_empty_ones_write_the_head_alone() {
+        let no_tensor = {
+            let header = b"{\"__metadata__\":{\"k\":\"v\"}}  ".to_vec();
+            let mut b = (header.len() as u64).to_le_bytes().to_vec();
+            b.extend_from_slice(&header);
+            b
+        };
+        let (empties, _) = file(&[(DType::F32, 0), (DType::BF16, 0), (DType::F16, 0)], 0);
+        for (bytes, n) in [(no_tensor, 0), (empties, 3)] {
+            let layout = super::super::parse(&bytes).unwrap();
+            assert_eq!(layout.tensors.len(), n);
+            for threads in [1, 3] {
+                let parts = run(&bytes[..], &layout, NormType::L2, None, 256 * KIB, threads);
+                let parts = parts.unwrap();
+                assert_eq!(parts.len(), n);
+                assert!(parts.iter().all(|p| p.finish() == 0.0));
+                let mut got = Vec::new();
+                let out = Output {
+                    head: layout.head(),
+                    scale: Some(0.5),
+                    expected: &parts,
+                    w: &mut got,
+                };
+                run(
+                    &bytes[..],
+                    &layout,
+                    NormType::L2,
+                    Some(out),
+                    256 * KIB,
+                    threads,
+                )
+                .unwrap();
+                assert_eq!(got, bytes, "{n} tensors, threads {threads}");
             }
         }
     }
