@@ -29,9 +29,12 @@ An existing FIFO or character device (/dev/null, /dev/stdout), or a link to one,
 never replaced: the clipped file is written into it (if the run fails part-way, its
 reader has seen part of it). A block device, a socket, and a link into /proc that
 leads to a regular file (/dev/stdout redirected to a file) are refused (exit 2).
+The temporary file is synced to the disk before the rename (the disk starts on it
+every 64 MiB while it is written), so after a crash OUT is the old file or the new one.
 The input is read twice (measure, then write); if it changes in between (another
 process rewrites or truncates it) the run is refused (exit 2, OUT not written).
-Memory: at most 1 MiB of the input per thread is held at a time.
+Memory: at most 1 MiB of the input per thread is held at a time (the write pass
+uses at most 4 threads: one writes while the others read the next pieces).
 
 Exit status: 0 written, 3 a NaN/inf was found (OUT not written), 2 bad input,
 including a P norm too large for f64 (a small p over many elements; OUT not written)

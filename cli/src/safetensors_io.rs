@@ -286,14 +286,17 @@ fn links_into_proc(out: &Path) -> bool {
 /// A regular OUT (or a new one) is written to a temporary file in OUT's folder and renamed into
 /// place once complete, so a half-written OUT never exists; the new file gets the permissions of
 /// `like` when it can; SIGINT or SIGTERM during the write removes the temporary file and ends
-/// the process by that signal. An existing FIFO or character device (or a link to one) is
-/// written into directly and never replaced: its reader sees the data as it is produced, so a
-/// failure part-way leaves it a truncated stream. Anything else that exists and is not a regular
-/// file is refused.
+/// the process by that signal. The temporary file is on the disk (`fsync`) before the rename and
+/// the rename is synced after it (the folder), so after a crash OUT is either the old file or the
+/// new one, and once the command has ended it is the new one; the disk starts writing the file
+/// while it is still produced (see [`SyncBehind`]), so the `fsync` costs little time. An
+/// existing FIFO or character device (or a link to one) is written into directly and never
+/// replaced: its reader sees the data as it is produced, so a failure part-way leaves it a
+/// truncated stream. Anything else that exists and is not a regular file is refused.
 pub fn write_output(
     out: &Path,
     like: &Path,
-    write: impl FnOnce(&mut dyn Write) -> Result<(), String>,
+    write: impl FnOnce(&mut (dyn Write + Send)) -> Result<(), String>,
 ) -> Result<(), String> {
     let shown = st::one_line(&out.display().to_string());
     match out_kind(out, &shown)? {
@@ -370,11 +373,80 @@ impl Drop for TempRegistered {
     }
 }
 
+/// Bytes written between two starts of the write-back (see [`SyncBehind`]).
+const SYNC_STEP: u64 = 64 << 20;
+
+/// A writer into the temporary file that, every [`SYNC_STEP`] bytes, asks a helper thread to
+/// `fdatasync` what is written so far: the disk then works while the rest of the file is
+/// produced, and the final `fsync` before the rename waits only for the last part.
+struct SyncBehind<'a> {
+    file: &'a File,
+    since: u64,
+    tx: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<'a> SyncBehind<'a> {
+    /// Without a second handle or a thread, the write-back starts only at the final `fsync`.
+    fn new(file: &'a File) -> SyncBehind<'a> {
+        let mut s = SyncBehind {
+            file,
+            since: 0,
+            tx: None,
+            thread: None,
+        };
+        let Ok(clone) = file.try_clone() else {
+            return s;
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("gradclip-sync".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    // Requests that came in meanwhile are covered by this one.
+                    while rx.try_recv().is_ok() {}
+                    let _ = clone.sync_data();
+                }
+            });
+        if let Ok(t) = spawned {
+            s.tx = Some(tx);
+            s.thread = Some(t);
+        }
+        s
+    }
+
+    /// Waits for the helper thread.
+    fn finish(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Write for SyncBehind<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.since += n as u64;
+        if self.since >= SYNC_STEP {
+            self.since = 0;
+            if let Some(tx) = &self.tx {
+                let _ = tx.send(());
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn write_atomically(
     out: &Path,
     shown: &str,
     like: &Path,
-    write: impl FnOnce(&mut dyn Write) -> Result<(), String>,
+    write: impl FnOnce(&mut (dyn Write + Send)) -> Result<(), String>,
 ) -> Result<(), String> {
     let dir: PathBuf = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -390,10 +462,13 @@ fn write_atomically(
     // before the file does.
     let _registered = TempRegistered;
     {
-        let mut w = io::BufWriter::with_capacity(1 << 20, Paused(tmp.as_file()));
+        let mut sb = SyncBehind::new(tmp.as_file());
+        let mut w = io::BufWriter::with_capacity(1 << 20, Paused(&mut sb));
         write(&mut w)?;
         w.flush()
             .map_err(|e| format!("cannot write `{shown}`: {e}"))?;
+        drop(w);
+        sb.finish();
     }
     tmp.as_file()
         .sync_all()
@@ -408,6 +483,11 @@ fn write_atomically(
     *pending = None;
     drop(pending);
     persisted.map_err(|e| format!("cannot rename into `{shown}`: {}", e.error))?;
+    // The new name is made durable too. OUT is complete whatever happens now, so a folder that
+    // cannot be synced (some file systems refuse) is not an error.
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }
 

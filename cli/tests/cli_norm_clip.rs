@@ -1714,6 +1714,37 @@ fn input_truncated_during_the_write_pass_leaves_no_output() {
     assert_eq!(temporaries(dir.path()), Vec::<String>::new());
 }
 
+/// A write that fails part-way (the file size limit, `ulimit -f`, with SIGXFSZ ignored so the
+/// write returns EFBIG): an existing OUT keeps its old bytes and no temporary file is left.
+#[cfg(unix)]
+#[test]
+fn a_write_failing_mid_file_leaves_the_old_out_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, bytes) = two_big_tensors(dir.path());
+    let out = dir.path().join("o.safetensors");
+    std::fs::write(&out, b"the old OUT").unwrap();
+    for threads in ["1", "4"] {
+        // 4096 blocks of 512 or 1024 bytes (the shell's unit): 2 or 4 MiB of the 8 MiB file.
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg("trap '' XFSZ; ulimit -f 4096 && exec \"$@\"")
+            .arg("sh")
+            .arg(env!("CARGO_BIN_EXE_gradclip"))
+            .args(["clip", s(&f), "--max-norm", "1", "-o", s(&out)])
+            .env_remove("GRADCLIP_ISA")
+            .env("NO_COLOR", "1")
+            .env("GRADCLIP_SCRATCH_BYTES", SMALL_SCRATCH)
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        assert!(stderr(&o).contains("cannot write"), "{}", stderr(&o));
+        assert_eq!(std::fs::read(&out).unwrap(), b"the old OUT");
+        assert_eq!(temporaries(dir.path()), Vec::<String>::new());
+        assert!(bytes.len() > 4 << 20, "the limit falls inside the data");
+    }
+}
+
 #[cfg(unix)]
 #[test]
 fn input_rewritten_during_the_write_pass_is_refused() {

@@ -1,11 +1,11 @@
 //! Clipping a whole file: the coefficient from the norms, then the scaled data as it is written.
 
-use super::data::{file_offset, into_le_bytes, Scratch};
 use super::error::StError;
 use super::header::Layout;
-use super::norms::{analyse, piecewise_partial};
+use super::norms::analyse;
+use super::pass::{pass, Output};
 use super::source::Source;
-use crate::clip::{scale_, ClipOptions};
+use crate::clip::ClipOptions;
 use crate::norm_type::NormType;
 use crate::partial::NormPartial;
 
@@ -43,53 +43,37 @@ impl Clipped {
 
     /// Writes the clipped file: [`Layout::head`] (the 8-byte length and the header, verbatim:
     /// names, dtypes, shapes, offsets and `__metadata__` are unchanged), then the data in file
-    /// order, read again from `src`. Each tensor, in pieces of at most [`SCRATCH_BYTES`] cut
-    /// where the reduction tree cuts it, is read into one reused buffer, its partial taken again,
-    /// scaled there by [`crate::scale_`] (`round_to_dtype(f32(x) * f32(clip_coef))`, nothing
-    /// when that factor is 1) and written.
+    /// order, read again from `src`. The data is cut into pieces of at most [`SCRATCH_BYTES`]
+    /// (runs of small tensors, or parts of a large one cut where the reduction tree cuts it);
+    /// a few threads read the next pieces into their own buffers, take their partials again,
+    /// scale them there like [`crate::scale_`] (`round_to_dtype(f32(x) * f32(clip_coef))`,
+    /// nothing when that factor is 1), and write them to `w` in file order, one at a time, so
+    /// that while one piece is written the next ones are read.
     ///
     /// Every tensor's partial must have the bits measured by [`clip`]; if it does not, the file
     /// was rewritten in between and this returns [`StError::Changed`] (a file that shrank gives
     /// [`StError::Read`]), having written part of the data: the caller discards the output.
     ///
     /// [`SCRATCH_BYTES`]: super::SCRATCH_BYTES
-    pub fn write_to<S: Source + ?Sized, W: std::io::Write + ?Sized>(
+    pub fn write_to<S: Source + ?Sized, W: std::io::Write + Send + ?Sized>(
         &self,
         src: &S,
         layout: &Layout,
         w: &mut W,
     ) -> Result<(), StError> {
-        let write_err = |e: std::io::Error| StError::Write(e.to_string());
-        if layout.tensors.len() != self.parts.len() {
-            return Err(StError::Format(
-                "the layout is not the one that was measured".into(),
-            ));
-        }
-        w.write_all(layout.head()).map_err(write_err)?;
-        let rewrite = self.rewrites_data();
-        let mut scratch = Scratch::new();
-        for (t, measured) in layout.tensors.iter().zip(&self.parts) {
-            let again = piecewise_partial(
-                src,
-                file_offset(layout, t),
-                t.end - t.start,
-                t.dtype,
-                self.norm_type,
-                &mut scratch,
-                &mut |mut g| {
-                    if rewrite {
-                        scale_(std::slice::from_mut(&mut g), self.clip_coef)
-                            .map_err(StError::Invalid)?;
-                    }
-                    w.write_all(into_le_bytes(g)).map_err(write_err)
-                },
-            )?;
-            if bytemuck::bytes_of(&again) != bytemuck::bytes_of(measured) {
-                return Err(StError::Changed {
-                    name: t.name.clone(),
-                });
-            }
-        }
+        // `&mut W` is a sized writer, so it can be handed on as a trait object.
+        let mut w = w;
+        pass(
+            src,
+            layout,
+            self.norm_type,
+            Some(Output {
+                head: layout.head(),
+                scale: self.rewrites_data().then_some(self.clip_coef),
+                expected: &self.parts,
+                w: &mut w,
+            }),
+        )?;
         Ok(())
     }
 }

@@ -80,7 +80,7 @@ pub const SCRATCH_BYTES: usize = 1 << 20;
 
 /// The scratch size in force (see [`SCRATCH_BYTES`]): a multiple of 8, at least one f32 chunk
 /// of the reduction tree.
-fn scratch_bytes() -> usize {
+pub(super) fn scratch_bytes() -> usize {
     let least = CHUNK * std::mem::size_of::<f32>();
     std::env::var("GRADCLIP_SCRATCH_BYTES")
         .ok()
@@ -109,20 +109,15 @@ pub(super) struct Scratch {
 
 impl Scratch {
     pub(super) fn new() -> Scratch {
+        Scratch::with_cap(scratch_bytes())
+    }
+
+    /// A buffer that grows up to `cap` bytes.
+    pub(super) fn with_cap(cap: usize) -> Scratch {
         Scratch {
             buf: Vec::new(),
-            cap: scratch_bytes(),
+            cap,
         }
-    }
-
-    /// True when `bytes` bytes fit in the buffer at once.
-    pub(super) fn fits(&self, bytes: usize) -> bool {
-        bytes <= self.cap
-    }
-
-    /// The most bytes the buffer holds.
-    pub(super) fn cap(&self) -> usize {
-        self.cap
     }
 
     /// The largest piece, in bytes, of elements of `size` bytes that fits.
@@ -179,29 +174,6 @@ impl Scratch {
         }
         Ok(out)
     }
-}
-
-thread_local! {
-    /// Scratch buffers of this thread, reused by the parallel reads of [`with_scratch`].
-    static SCRATCH: std::cell::RefCell<Vec<Scratch>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with a scratch buffer of the calling thread, kept for the thread's next call. The
-/// buffer is taken out of the thread's list for the duration (never borrowed across `f`), so a
-/// nested call on the same thread (rayon runs other tasks while it waits) gets a buffer of its
-/// own; at most two are kept per thread.
-pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
-    let mut scratch = SCRATCH
-        .with(|s| s.borrow_mut().pop())
-        .unwrap_or_else(Scratch::new);
-    let r = f(&mut scratch);
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < 2 {
-            s.push(scratch);
-        }
-    });
-    r
 }
 
 /// Little-endian bytes (8-byte aligned, whole elements) as elements of `dtype`, converted in

@@ -35,6 +35,7 @@ mod data;
 mod error;
 mod header;
 mod norms;
+mod pass;
 mod source;
 
 pub use args::{parse_max_norm, parse_norm_type};
