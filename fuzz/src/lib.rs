@@ -2,8 +2,11 @@
 //! wrapper around a function here, so a crash reproduces from a plain `#[test]` too.
 //!
 //! - [`kernels_differential`]: arbitrary bytes become buffers of each dtype at arbitrary element
-//!   offsets; every available ISA's norm, per-buffer partials, non-finite location and scale are
-//!   compared with the scalar reference (`gradclip::reference`) and with each other.
+//!   offsets (dense, or mostly zero with patches at block and chunk boundaries); every available
+//!   ISA's norm (one norm type per input, picked by the mode byte), exact partial and exact norm,
+//!   per-buffer partials, non-finite location and scale are compared with the scalar reference
+//!   (`gradclip::reference`) and with each other, and sets past the fork threshold again on a
+//!   pool of 1, 2 or 3 threads. See `notes/fuzz.md` for what an input costs.
 //! - [`safetensors_cli`]: arbitrary bytes as a safetensors file go through the library side of
 //!   `gradclip norm` / `gradclip clip` (`gradclip::st`), which must either reject them with a
 //!   one-line error or produce a result that is consistent in every way checked below; a file
@@ -19,10 +22,12 @@
 
 use gradclip::reference;
 use gradclip::st::{self, StError};
+use std::sync::OnceLock;
+
 use gradclip::{
-    bf16, exact_partial_with_isa, f16, first_nonfinite, get_total_norm_exact_with_isa,
-    get_total_norm_with_isa, per_buffer_partials, scale_with_isa_, Error, ExactPartial, Grad,
-    GradMut, Isa, NonFinite, NormPartial, NormType, CHUNK_ELEMS,
+    bf16, exact_partial_with_isa, f16, first_nonfinite, fork_threshold_bytes,
+    get_total_norm_exact_with_isa, get_total_norm_with_isa, per_buffer_partials, scale_with_isa_,
+    Error, ExactPartial, Grad, GradMut, Isa, NonFinite, NormPartial, NormType, CHUNK_ELEMS,
 };
 
 /// Reads control bytes and payload from the fuzz input; past the end it yields zeros.
@@ -84,7 +89,38 @@ impl Buf {
     }
 }
 
-/// `n` elements of `size` bytes from `raw`, tiled when `raw` is shorter (zeros when empty).
+/// The view's elements other than ±0, in order, given the `patches` (element ranges of the view)
+/// outside which every element is zero: every norm and exact sum of a buffer equals that of its
+/// non-zero elements (a zero adds nothing to a sum, a power or a maximum, and the references add
+/// it as an exact no-op), so the references run on this instead of the mostly-zero sparse
+/// buffers. Only the patches are read (a scan of the whole buffer cost more than the kernels).
+fn nonzero(g: Grad<'_>, patches: &[(usize, usize)]) -> Buf {
+    let mut sorted = patches.to_vec();
+    sorted.sort_unstable();
+    // Overlapping patches merged, so each element is read once and in order.
+    let mut ranges: Vec<(usize, usize)> = Vec::with_capacity(sorted.len());
+    for (a, b) in sorted {
+        match ranges.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => ranges.push((a, b)),
+        }
+    }
+    fn keep<T: gradclip::Element>(s: &[T], ranges: &[(usize, usize)]) -> Vec<T> {
+        ranges
+            .iter()
+            .flat_map(|&(a, b)| &s[a..b])
+            .copied()
+            .filter(|x| x.abs_bits() != 0)
+            .collect()
+    }
+    match g {
+        Grad::F32(s) => Buf::F32(keep(s, &ranges), 0),
+        Grad::F16(s) => Buf::F16(keep(s, &ranges), 0),
+        Grad::BF16(s) => Buf::BF16(keep(s, &ranges), 0),
+    }
+}
+
+/// `n` elements of `N` bytes from `raw`, tiled when `raw` is shorter (zeros when empty).
 fn elements<const N: usize, T>(raw: &[u8], n: usize, from: fn([u8; N]) -> T) -> Vec<T> {
     (0..n)
         .map(|i| {
@@ -99,34 +135,119 @@ fn elements<const N: usize, T>(raw: &[u8], n: usize, from: fn([u8; N]) -> T) -> 
         .collect()
 }
 
-/// The buffers of an input; `allow_long` permits one buffer just past [`CHUNK_ELEMS`] (slow
-/// under the sanitizers, so the caller enables it for a fraction of the inputs only).
-fn buffers(inp: &mut Input<'_>, allow_long: bool) -> Vec<Buf> {
+/// Dense buffers hold at most this many elements, every one from the input.
+const DENSE_MAX: usize = 700;
+/// A patch of a sparse buffer covers at most this many elements.
+const RUN_MAX: usize = 2048;
+/// One input in this many (by a hash of its bytes) may hold a buffer past [`CHUNK_ELEMS`]; see
+/// [`long_allowed`].
+const LONG_EVERY: u64 = 16;
+
+/// Whether an input may hold a buffer just past [`CHUNK_ELEMS`]: its mode byte asks for it
+/// (bit 7) and a hash of its bytes is 0 modulo [`LONG_EVERY`]. Such an input costs about a
+/// hundred short ones under the sanitizers, and the fuzzer, which keeps every input that reaches
+/// new code, would otherwise spend most of its time mutating long ones; with the hash only one
+/// mutant in [`LONG_EVERY`] of a long input stays long (the others get a buffer of at most 6,400
+/// elements at the same place), and a crash still reproduces from its bytes alone.
+fn long_allowed(data: &[u8]) -> bool {
+    // FNV-1a.
+    let h = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    data.first().is_some_and(|m| m & 0x80 != 0) && h % LONG_EVERY == 0
+}
+
+/// Sparse buffer of `len` elements after `offset` poison elements (a NaN: a kernel that reads
+/// before the view changes the result): zeros, then up to four patches, each a pattern of 1 to
+/// 16 elements from the input repeated up to [`RUN_MAX`] elements, placed at a multiple of 512
+/// elements (the block sizes of the kernels), at [`CHUNK_ELEMS`] or at the end, moved by -128 to
+/// 127 elements (taken modulo `len`). Also returns the patches' element ranges in the view.
+fn sparse<const N: usize, T: gradclip::Element>(
+    inp: &mut Input<'_>,
+    len: usize,
+    offset: usize,
+    from: fn([u8; N]) -> T,
+    patches_out: &mut Vec<(usize, usize)>,
+) -> Vec<T> {
+    let mut v = vec![T::ZERO; offset + len];
+    v[..offset].fill(T::from_abs_bits(T::INF_BITS + 1));
+    let patches = inp.byte() % 5;
+    for _ in 0..patches {
+        let anchor = inp.byte();
+        let delta = inp.byte() as i8 as isize;
+        let n = 1 + inp.byte() as usize % 16;
+        let r = inp.byte();
+        let reps = if r < 224 {
+            1 + (r % 8) as usize
+        } else {
+            64 * (r - 223) as usize
+        };
+        let pattern = elements(inp.take(n * N), n, from);
+        if len == 0 {
+            continue;
+        }
+        let base = match anchor % 18 {
+            k @ 0..=15 => k as usize * 512,
+            16 => CHUNK_ELEMS,
+            _ => len,
+        };
+        let start = (base as isize + delta).rem_euclid(len as isize) as usize;
+        let run = (n * reps).min(RUN_MAX).min(len - start);
+        patches_out.push((start, start + run));
+        for (i, x) in v[offset + start..][..run].iter_mut().enumerate() {
+            *x = pattern[i % n];
+        }
+    }
+    v
+}
+
+/// The buffers of an input and, for each, whether it is sparse. A control byte per buffer picks
+/// the dtype (`c % 3`), the element offset of the view (`c / 3 % 8`) and the form: dense (`c <
+/// 224`, at most [`DENSE_MAX`] elements, each from the input, so cost follows input length) or
+/// sparse (see [`sparse`]; 0 to 6,399 elements, mostly around the 1,024 and 2,048 blocks, or
+/// just past [`CHUNK_ELEMS`] when `long` allows).
+/// The patches of a sparse buffer (`None` for a dense one); see [`sparse`].
+type Patches = Option<Vec<(usize, usize)>>;
+
+fn buffers(inp: &mut Input<'_>, long: bool) -> Vec<(Buf, Patches)> {
     let count = 1 + inp.byte() as usize % 4;
-    let mut long_left = allow_long;
+    let mut long_left = long;
     (0..count)
         .map(|_| {
             let c = inp.byte();
             let offset = (c as usize / 3) % 8;
-            let (len, raw) = if long_left && c & 0xF0 == 0xF0 {
-                long_left = false;
-                // Long buffers around the chunk boundary, content tiled from the input.
-                let len = CHUNK_ELEMS - 4 + inp.byte() as usize % 9;
-                let n = inp.byte() as usize * 4;
-                let raw = inp.take(n);
-                (len, raw)
-            } else {
-                let len = inp.u16() as usize % 700;
-                let size = if c.is_multiple_of(3) { 4 } else { 2 };
-                let raw = inp.take(len * size);
-                (raw.len() / size, raw)
-            };
-            let n = offset + len;
-            match c % 3 {
+            let w = inp.u16() as usize;
+            if c >= 224 {
+                let len = match w >> 13 {
+                    0..=3 => w % 1100,
+                    4 | 5 => w % 2200,
+                    7 if long_left => {
+                        long_left = false;
+                        CHUNK_ELEMS - 4 + w % 9
+                    }
+                    6 => w % 4400,
+                    _ => w % 6400,
+                };
+                let mut p = Vec::new();
+                let buf = match c % 3 {
+                    0 => Buf::F32(sparse(inp, len, offset, f32::from_le_bytes, &mut p), offset),
+                    1 => Buf::F16(sparse(inp, len, offset, f16::from_le_bytes, &mut p), offset),
+                    _ => Buf::BF16(
+                        sparse(inp, len, offset, bf16::from_le_bytes, &mut p),
+                        offset,
+                    ),
+                };
+                return (buf, Some(p));
+            }
+            let size = if c.is_multiple_of(3) { 4 } else { 2 };
+            let raw = inp.take(w % DENSE_MAX * size);
+            let n = offset + raw.len() / size;
+            let buf = match c % 3 {
                 0 => Buf::F32(elements(raw, n, f32::from_le_bytes), offset),
                 1 => Buf::F16(elements(raw, n, f16::from_le_bytes), offset),
                 _ => Buf::BF16(elements(raw, n, bf16::from_le_bytes), offset),
-            }
+            };
+            (buf, None)
         })
         .collect()
 }
@@ -137,6 +258,26 @@ fn same(a: f64, b: f64) -> bool {
 
 fn same_nonfinite(a: &NonFinite, b: &NonFinite) -> bool {
     a.buffer == b.buffer && a.index == b.index && same(a.value, b.value)
+}
+
+/// The first NaN or infinity, by a plain scan.
+fn scan_nonfinite(grads: &[Grad<'_>]) -> Option<NonFinite> {
+    fn scan<T: gradclip::Element>(s: &[T]) -> Option<(usize, f64)> {
+        let i = s.iter().position(|x| !x.to_f32().is_finite())?;
+        Some((i, s[i].to_f32() as f64))
+    }
+    grads.iter().enumerate().find_map(|(buffer, g)| {
+        let (index, value) = match *g {
+            Grad::F32(s) => scan(s),
+            Grad::F16(s) => scan(s),
+            Grad::BF16(s) => scan(s),
+        }?;
+        Some(NonFinite {
+            buffer,
+            index,
+            value,
+        })
+    })
 }
 
 /// Values this close to `f64::MAX` may round to either side of it: a P norm there may be
@@ -169,118 +310,347 @@ fn check_value(got: f64, want: f64, norm_type: NormType, what: &str) {
     }
 }
 
+/// Thread pools of 1, 2 and 3 threads, built once per process.
+fn pools() -> &'static [rayon::ThreadPool] {
+    static POOLS: OnceLock<Vec<rayon::ThreadPool>> = OnceLock::new();
+    POOLS.get_or_init(|| {
+        (1..=3)
+            .map(|n| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .expect("a thread pool")
+            })
+            .collect()
+    })
+}
+
+/// The norm types of the compensated checks; bits 2 to 4 of the mode byte pick one per input
+/// (and the kind of the exact checks: see [`EXACT_KINDS`]).
+const NORM_TYPES: [NormType; 8] = [
+    NormType::L2,
+    NormType::L1,
+    NormType::Inf,
+    NormType::P(3.0),
+    NormType::P(0.5),
+    // (Σ|x|^p)^(1/p) exceeds f64 from about three elements on.
+    NormType::P(0.001),
+    // Beyond f64 in the power only, with a thousand or more elements below 1.
+    NormType::P(0.01),
+    // L2 twice: the type of clip_grad_norm_'s default.
+    NormType::L2,
+];
+
+/// The kind of the exact checks for each entry of [`NORM_TYPES`]: the same type for L2, L1 and
+/// Inf (so the compensated per-buffer norms can be checked against the exact ones), the three in
+/// turn for the P norms.
+const EXACT_KINDS: [NormType; 8] = [
+    NormType::L2,
+    NormType::L1,
+    NormType::Inf,
+    NormType::L2,
+    NormType::L1,
+    NormType::Inf,
+    NormType::L2,
+    NormType::L2,
+];
+
+/// Sets of more elements take the exact kind instead of a P norm (a P norm's power is a scalar
+/// `powf` per element on every ISA; its overflow in the power alone needs about 1,200 elements).
+const P_MAX_ELEMS: usize = 2048;
+/// Sets of more elements skip the scaling check.
+const SCALE_MAX_ELEMS: usize = 4096;
+
+/// Every ISA this CPU runs (probed once).
+///
+/// The first call also lowers the library's fork threshold to [`FUZZ_FORK_BYTES`] unless
+/// `GRADCLIP_PAR_MIN_BYTES` is set: the default 256 KiB is only reached by one buffer in a few
+/// thousand inputs (a long f32 one), so the thread-count check below would hardly run. The
+/// threshold decides only which nodes of the reduction tree fork, never a result bit, and the
+/// library reads it once, so this works only when nothing called the library before (in
+/// `cargo test` the safetensors test may have; the checks then use the default).
+fn isas() -> &'static [Isa] {
+    static ISAS: OnceLock<Vec<Isa>> = OnceLock::new();
+    ISAS.get_or_init(|| {
+        if std::env::var_os("GRADCLIP_PAR_MIN_BYTES").is_none() {
+            std::env::set_var("GRADCLIP_PAR_MIN_BYTES", FUZZ_FORK_BYTES.to_string());
+        }
+        Isa::available()
+    })
+}
+
+/// The fork threshold the differential target runs with (see [`isas`]).
+const FUZZ_FORK_BYTES: usize = 32 << 10;
+
+/// Same bits, or the same error (the same location for a non-finite element).
+fn same_result(a: &Result<f64, Error>, b: &Result<f64, Error>) -> bool {
+    match (a, b) {
+        (Ok(a), Ok(b)) => a.to_bits() == b.to_bits(),
+        (Err(Error::NonFinite(a)), Err(Error::NonFinite(b))) => same_nonfinite(a, b),
+        (Err(a), Err(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Differential oracle of the kernels against the scalar reference; see the crate docs.
+///
+/// Input layout: a mode byte (bits 0-1 the scale factor's kind, bits 2-4 the norm type, bit 7
+/// asks for a buffer past one chunk), 8 bytes of factor bits (bits 32 and up also pick the ISA of
+/// the cut and thread-count checks and the pool size), then the buffers (see [`buffers`]).
 pub fn kernels_differential(data: &[u8]) {
+    let isas = isas();
     let mut inp = Input { d: data };
-    let factor_kind = inp.byte();
+    let mode = inp.byte();
     let factor_bits = inp.u64();
-    let bufs = buffers(&mut inp, factor_kind & 0x80 != 0);
-    let grads: Vec<Grad<'_>> = bufs.iter().map(Buf::grad).collect();
+    let bufs = buffers(&mut inp, long_allowed(data));
+    let grads: Vec<Grad<'_>> = bufs.iter().map(|(b, _)| b.grad()).collect();
+    // What the references read: the non-zero elements of sparse buffers, dense ones as they are.
+    let packed: Vec<Option<Buf>> = bufs
+        .iter()
+        .map(|(b, patches)| patches.as_ref().map(|p| nonzero(b.grad(), p)))
+        .collect();
+    let ref_grads: Vec<Grad<'_>> = bufs
+        .iter()
+        .zip(&packed)
+        .map(|((b, _), p)| p.as_ref().unwrap_or(b).grad())
+        .collect();
     let first = first_nonfinite(&grads);
-    let isas = Isa::available();
-    let long = grads.iter().any(|g| g.len() > CHUNK_ELEMS / 2);
-    let norm_types: &[NormType] = if long {
-        &[NormType::L2, NormType::Inf]
-    } else {
-        // p = 0.001 makes `(Σ|x|^p)^(1/p)` exceed f64 from about three elements on.
-        &[
-            NormType::L2,
-            NormType::L1,
-            NormType::Inf,
-            NormType::P(3.0),
-            NormType::P(0.5),
-            NormType::P(0.001),
-            NormType::P(0.01),
-        ]
-    };
-
-    for &norm_type in norm_types {
-        let want = reference::norm(&grads, norm_type);
-        // Finite data has a finite norm, except a P norm beyond f64 (small p).
-        let p_overflow = matches!(norm_type, NormType::P(_)) && want.is_infinite();
-        assert_eq!(
-            want.is_finite() || (p_overflow && first.is_none()),
-            first.is_none(),
-            "reference vs first_nonfinite"
+    // (When there is none, the references below say so.)
+    if let Some(f) = &first {
+        let scanned = scan_nonfinite(&grads);
+        assert!(
+            scanned.as_ref().is_some_and(|s| same_nonfinite(f, s)),
+            "first_nonfinite {f:?}, scan {scanned:?}"
         );
-        let mut results = Vec::new();
-        for &isa in &isas {
-            let got = get_total_norm_with_isa(&grads, norm_type, isa);
-            match (&got, &first) {
-                (Ok(x), None) => check_value(*x, want, norm_type, isa.name()),
-                (Err(Error::NonFinite(nf)), Some(f)) => assert!(
-                    same_nonfinite(nf, f),
-                    "{}: reported {nf:?}, first is {f:?}",
-                    isa.name()
-                ),
-                (Err(Error::NormOverflow { p }), None) => {
-                    assert_eq!(p.to_bits(), norm_type.exponent().to_bits());
-                    assert!(
-                        near_f64_max(want),
-                        "{}: overflow, reference {want:e}",
-                        isa.name()
-                    );
-                }
-                _ => panic!("{} {norm_type:?}: {got:?}, first {first:?}", isa.name()),
-            }
-            results.push(got);
-        }
-        for w in results.windows(2) {
-            match (&w[0], &w[1]) {
-                (Ok(a), Ok(b)) => assert_eq!(a.to_bits(), b.to_bits(), "ISAs differ"),
-                (Err(Error::NonFinite(a)), Err(Error::NonFinite(b))) => {
-                    assert!(same_nonfinite(a, b), "ISAs differ: {a:?} vs {b:?}")
-                }
-                (Err(a @ Error::NormOverflow { .. }), Err(b)) => assert_eq!(a, b, "ISAs differ"),
-                _ => panic!("ISAs differ: {:?} vs {:?}", w[0], w[1]),
-            }
-        }
+    }
+    let elems: usize = grads.iter().map(|g| g.len()).sum();
+    let pick = (mode as usize >> 2) % NORM_TYPES.len();
+    let exact_kind = EXACT_KINDS[pick];
+    let norm_type = match NORM_TYPES[pick] {
+        NormType::P(_) if elems > P_MAX_ELEMS => exact_kind,
+        t => t,
+    };
+    // The ISA of the thread-count and cut checks.
+    let isa_pick = isas[(factor_bits >> 32) as usize % isas.len()];
 
-        // One pass of per-buffer partials: each buffer's norm and the same total bits.
-        let mut out = vec![NormPartial::EMPTY; grads.len()];
-        let total = per_buffer_partials(&grads, norm_type, &mut out).expect("valid norm type");
-        match results.first() {
-            Some(Ok(x)) => assert_eq!(total.finish().to_bits(), x.to_bits(), "per_buffer total"),
-            Some(Err(Error::NormOverflow { .. })) => {
+    let exact = reference::exact_sum(&ref_grads, exact_kind);
+    // L2, L1 and Inf against the integer reference (exact, then rounded once: the value the
+    // double-double one approximates; the exact kind is the norm type then), P norms against the
+    // double-double one.
+    let want = match norm_type {
+        NormType::P(_) => reference::norm(&ref_grads, norm_type),
+        NormType::L2 => exact.sqrt(),
+        _ => exact,
+    };
+    debug_assert!(matches!(norm_type, NormType::P(_)) || norm_type == exact_kind);
+    // Finite data has a finite norm, except a P norm beyond f64 (small p).
+    let p_overflow = matches!(norm_type, NormType::P(_)) && want.is_infinite();
+    assert_eq!(
+        want.is_finite() || (p_overflow && first.is_none()),
+        first.is_none(),
+        "reference vs first_nonfinite"
+    );
+    let mut results = Vec::with_capacity(isas.len());
+    for &isa in isas {
+        let got = get_total_norm_with_isa(&grads, norm_type, isa);
+        match (&got, &first) {
+            (Ok(x), None) => check_value(*x, want, norm_type, isa.name()),
+            (Err(Error::NonFinite(nf)), Some(f)) => assert!(
+                same_nonfinite(nf, f),
+                "{}: reported {nf:?}, first is {f:?}",
+                isa.name()
+            ),
+            (Err(Error::NormOverflow { p }), None) => {
+                assert_eq!(p.to_bits(), norm_type.exponent().to_bits());
                 assert!(
-                    total.is_finite() && total.finish().is_infinite(),
-                    "overflow total"
-                )
+                    near_f64_max(want),
+                    "{}: overflow, reference {want:e}",
+                    isa.name()
+                );
             }
-            _ => assert!(!total.is_finite()),
+            _ => panic!("{} {norm_type:?}: {got:?}, first {first:?}", isa.name()),
         }
-        // Each buffer against the reference (skipped for long inputs: time, not coverage).
-        for (i, (g, p)) in grads.iter().zip(&out).enumerate().filter(|_| !long) {
-            let want_i = reference::norm(&[*g], norm_type);
-            let got_i = p.finish();
-            if want_i.is_finite() || (p.is_finite() && want_i.is_infinite()) {
-                // A finite buffer whose norm overflows: +inf, or finite right at the edge.
-                check_value(got_i, want_i, norm_type, &format!("buffer {i}"));
-            } else {
-                assert_eq!(got_i.is_nan(), want_i.is_nan(), "buffer {i} NaN vs inf");
-                assert_eq!(got_i.is_infinite(), want_i.is_infinite());
-            }
+        results.push(got);
+    }
+    for w in results.windows(2) {
+        assert!(
+            same_result(&w[0], &w[1]),
+            "{norm_type:?}: ISAs differ: {:?} vs {:?}",
+            w[0],
+            w[1]
+        );
+    }
+    let picked = &results[isas.iter().position(|&i| i == isa_pick).expect("picked")];
+
+    // Exact mode (its per-buffer partials are the per-buffer references below).
+    let (whole, exact_parts) = check_exact(
+        &grads,
+        exact_kind,
+        exact,
+        &first,
+        isas,
+        isa_pick,
+        factor_bits,
+    );
+
+    // One pass of per-buffer partials: each buffer's norm and the same total bits.
+    let mut out = vec![NormPartial::EMPTY; grads.len()];
+    let total = per_buffer_partials(&grads, norm_type, &mut out).expect("valid norm type");
+    match results.first() {
+        Some(Ok(x)) => assert_eq!(total.finish().to_bits(), x.to_bits(), "per_buffer total"),
+        Some(Err(Error::NormOverflow { .. })) => {
+            assert!(
+                total.is_finite() && total.finish().is_infinite(),
+                "overflow total"
+            )
+        }
+        _ => assert!(!total.is_finite()),
+    }
+    // Each buffer against the reference: the total's when there is one buffer, else for L2, L1
+    // and Inf the buffer's exact partial (exactly rounded, and checked above: the partials merge
+    // to the total's, which equals the integer reference's), for P norms the double-double one.
+    for (i, (g, p)) in ref_grads.iter().zip(&out).enumerate() {
+        let want_i = if ref_grads.len() == 1 {
+            want
+        } else if norm_type == exact_kind {
+            exact_parts[i].finish()
+        } else {
+            reference::norm(std::slice::from_ref(g), norm_type)
+        };
+        let got_i = p.finish();
+        if want_i.is_finite() || (p.is_finite() && want_i.is_infinite()) {
+            // A finite buffer whose norm overflows: +inf, or finite right at the edge.
+            check_value(got_i, want_i, norm_type, "one buffer");
+        } else {
+            assert_eq!(got_i.is_nan(), want_i.is_nan(), "buffer {i} NaN vs inf");
+            assert_eq!(got_i.is_infinite(), want_i.is_infinite());
         }
     }
 
-    check_exact(&grads, first, &isas, factor_bits);
+    // Thread counts, for a set large enough to fork: on a pool of 1, 2 or 3 threads (picked by
+    // the input; the calls above ran on rayon's global pool) the same bits or the same error for
+    // the norm type and the same exact partial. Below the fork threshold every call runs on the
+    // calling thread whatever the pool, so there is nothing to compare.
+    if grads.iter().map(|g| g.byte_len()).sum::<usize>() >= fork_threshold_bytes() {
+        let pool = &pools()[(factor_bits >> 40) as usize % 3];
+        let (norm, partial) = pool.install(|| {
+            (
+                get_total_norm_with_isa(&grads, norm_type, isa_pick),
+                exact_partial_with_isa(&grads, exact_kind, isa_pick),
+            )
+        });
+        let threads = pool.current_num_threads();
+        assert!(
+            same_result(&norm, picked),
+            "{threads} threads, {norm_type:?} on {}: {norm:?} vs {picked:?}",
+            isa_pick.name()
+        );
+        assert_eq!(
+            partial.expect("exact kind"),
+            whole,
+            "{threads} threads, exact {exact_kind:?} on {}",
+            isa_pick.name()
+        );
+    }
 
-    // Scaling: every ISA equal to round_to_dtype(f32(x) * f32(factor)), bit for bit. Scaling
-    // is element-wise, so long buffers add nothing here but time.
-    if long {
+    if elems > SCALE_MAX_ELEMS {
         return;
     }
-    let factor = match factor_kind % 4 {
+    let factor = match mode % 4 {
         0 => f64::from_bits(factor_bits),
         1 => 0.5,
         2 => 1.0,
         // A realistic clip coefficient.
         _ => (factor_bits % 1000) as f64 / 997.0 / (1.0 + 1e-6),
     };
+    check_scale(&bufs, factor, isas);
+}
+
+/// Exact mode of `kind`: on every ISA, the sum is the integer reference's exactly rounded value
+/// `want` and the partial has the same bytes; on `isa`, the exact norm is the partial's, and the
+/// first buffer cut at a fuzz-chosen element and the per-buffer partials merged in reverse order
+/// give those bytes again. Returns the partial and the partial of each buffer (on `isa`).
+fn check_exact(
+    grads: &[Grad<'_>],
+    kind: NormType,
+    want: f64,
+    first: &Option<NonFinite>,
+    isas: &[Isa],
+    isa: Isa,
+    cut: u64,
+) -> (ExactPartial, Vec<ExactPartial>) {
+    // Equality of partials is equality of their bytes (every field is an integer).
+    let mut bytes: Option<ExactPartial> = None;
+    for &isa in isas {
+        let p = exact_partial_with_isa(grads, kind, isa).expect("exact kind");
+        assert!(
+            same(p.sum(), want),
+            "{} {kind:?}: exact sum {:e}, reference {want:e}",
+            isa.name(),
+            p.sum()
+        );
+        assert_eq!(p.is_finite(), first.is_none(), "{} flags", isa.name());
+        match &bytes {
+            None => bytes = Some(p),
+            Some(w) => assert_eq!(&p, w, "{} {kind:?}: bytes differ", isa.name()),
+        }
+    }
+    let whole = bytes.expect("the portable ISA is always available");
+    match (get_total_norm_exact_with_isa(grads, kind, isa), first) {
+        (Ok(x), None) => assert!(same(x, whole.finish()), "{} norm", isa.name()),
+        (Err(Error::NonFinite(nf)), Some(f)) => assert!(same_nonfinite(&nf, f)),
+        (got, _) => panic!("{} {kind:?}: {got:?}, first {first:?}", isa.name()),
+    }
+    let Some((g0, rest)) = grads.split_first() else {
+        return (whole, Vec::new());
+    };
+    let at = (cut as usize) % (g0.len() + 1);
+    let (a, b) = match *g0 {
+        Grad::F32(s) => (Grad::F32(&s[..at]), Grad::F32(&s[at..])),
+        Grad::F16(s) => (Grad::F16(&s[..at]), Grad::F16(&s[at..])),
+        Grad::BF16(s) => (Grad::BF16(&s[..at]), Grad::BF16(&s[at..])),
+    };
+    let mut cut_set = vec![b, a];
+    cut_set.extend_from_slice(rest);
+    let p = exact_partial_with_isa(&cut_set, kind, isa).expect("exact kind");
+    assert_eq!(p, whole, "cut at {at} on {}", isa.name());
+    let parts: Vec<ExactPartial> = cut_set
+        .iter()
+        .map(|g| exact_partial_with_isa(std::slice::from_ref(g), kind, isa).expect("exact kind"))
+        .collect();
+    let merged = parts
+        .iter()
+        .rev()
+        .fold(ExactPartial::EMPTY, |m, p| m.merge(*p));
+    assert_eq!(merged, whole, "merged on {}", isa.name());
+    // The first buffer's partial from its two pieces (merging is exact and commutative).
+    let mut per_buffer = Vec::with_capacity(grads.len());
+    per_buffer.push(parts[1].merge(parts[0]));
+    per_buffer.extend_from_slice(&parts[2..]);
+    (whole, per_buffer)
+}
+
+/// Scaling on every ISA: each element is the reference `scale(x, f32(factor))` bit for bit (NaN
+/// payloads included: the reference spells the NaN rule out), or untouched when the factor was
+/// refused or is 1 in f32. The expected buffers are computed once; each ISA scales a copy made
+/// in the same scratch buffers.
+fn check_scale(bufs: &[(Buf, Patches)], factor: f64, isas: &[Isa]) {
     let c = factor as f32;
     let valid = factor.is_finite() && c.is_finite();
-    for &isa in &isas {
-        let mut scaled = bufs.clone();
+    let mut want: Vec<Buf> = bufs.iter().map(|(b, _)| b.clone()).collect();
+    if valid && c != 1.0 {
+        for b in &mut want {
+            match b.grad_mut() {
+                GradMut::F32(s) => s.iter_mut().for_each(|x| *x = reference::scale_f32(*x, c)),
+                GradMut::F16(s) => s.iter_mut().for_each(|x| *x = reference::scale_f16(*x, c)),
+                GradMut::BF16(s) => s.iter_mut().for_each(|x| *x = reference::scale_bf16(*x, c)),
+            }
+        }
+    }
+    let mut scaled: Vec<Buf> = Vec::with_capacity(bufs.len());
+    for &isa in isas {
+        scaled.clear();
+        scaled.extend(bufs.iter().map(|(b, _)| b.clone()));
         let mut views: Vec<GradMut<'_>> = scaled.iter_mut().map(Buf::grad_mut).collect();
         let r = scale_with_isa_(&mut views, factor, isa);
         drop(views);
@@ -290,93 +660,39 @@ pub fn kernels_differential(data: &[u8]) {
             "{} scale by {factor:e}: {r:?}",
             isa.name()
         );
-        for (before, after) in bufs.iter().zip(&scaled) {
-            match (before.grad(), after.grad()) {
-                (Grad::F32(b), Grad::F32(a)) => {
-                    check_scaled(b, a, c, valid, isa, reference::scale_f32)
-                }
-                (Grad::F16(b), Grad::F16(a)) => {
-                    check_scaled(b, a, c, valid, isa, reference::scale_f16)
-                }
-                (Grad::BF16(b), Grad::BF16(a)) => {
-                    check_scaled(b, a, c, valid, isa, reference::scale_bf16)
-                }
+        for ((before, _), (after, want)) in bufs.iter().zip(scaled.iter().zip(&want)) {
+            match (before.grad(), after.grad(), want.grad()) {
+                (Grad::F32(b), Grad::F32(a), Grad::F32(w)) => check_scaled(b, a, w, c, isa),
+                (Grad::F16(b), Grad::F16(a), Grad::F16(w)) => check_scaled(b, a, w, c, isa),
+                (Grad::BF16(b), Grad::BF16(a), Grad::BF16(w)) => check_scaled(b, a, w, c, isa),
                 _ => unreachable!("dtype changed"),
             }
         }
     }
 }
 
-/// Exact mode: on every ISA, the sum is the integer reference's exactly rounded value and the
-/// partial has the same bytes; the first buffer cut at a fuzz-chosen element, and the per-buffer
-/// partials merged in reverse order, give those bytes again.
-fn check_exact(grads: &[Grad<'_>], first: Option<NonFinite>, isas: &[Isa], cut: u64) {
-    for norm_type in [NormType::L2, NormType::L1, NormType::Inf] {
-        let want = reference::exact_sum(grads, norm_type);
-        // Equality of partials is equality of their bytes (every field is an integer).
-        let mut bytes: Option<ExactPartial> = None;
-        for &isa in isas {
-            let p = exact_partial_with_isa(grads, norm_type, isa).expect("exact kind");
-            assert!(
-                same(p.sum(), want),
-                "{} {norm_type:?}: exact sum {:e}, reference {want:e}",
-                isa.name(),
-                p.sum()
-            );
-            assert_eq!(p.is_finite(), first.is_none(), "{} flags", isa.name());
-            match &bytes {
-                None => bytes = Some(p),
-                Some(w) => assert_eq!(&p, w, "{} {norm_type:?}: bytes differ", isa.name()),
-            }
-            match (get_total_norm_exact_with_isa(grads, norm_type, isa), &first) {
-                (Ok(x), None) => assert!(same(x, p.finish()), "{} norm", isa.name()),
-                (Err(Error::NonFinite(nf)), Some(f)) => assert!(same_nonfinite(&nf, f)),
-                (got, _) => panic!("{} {norm_type:?}: {got:?}, first {first:?}", isa.name()),
-            }
-        }
-        let whole = bytes.expect("the portable ISA is always available");
-        let Some((g0, rest)) = grads.split_first() else {
-            continue;
-        };
-        let at = (cut as usize) % (g0.len() + 1);
-        let (a, b) = match *g0 {
-            Grad::F32(s) => (Grad::F32(&s[..at]), Grad::F32(&s[at..])),
-            Grad::F16(s) => (Grad::F16(&s[..at]), Grad::F16(&s[at..])),
-            Grad::BF16(s) => (Grad::BF16(&s[..at]), Grad::BF16(&s[at..])),
-        };
-        let mut cut_set = vec![b, a];
-        cut_set.extend_from_slice(rest);
-        let isa = isas[(cut >> 32) as usize % isas.len()];
-        let p = exact_partial_with_isa(&cut_set, norm_type, isa).expect("exact kind");
-        assert_eq!(p, whole, "cut at {at} on {}", isa.name());
-        let merged = cut_set.iter().rev().fold(ExactPartial::EMPTY, |m, g| {
-            m.merge(exact_partial_with_isa(&[*g], norm_type, isa).expect("exact kind"))
-        });
-        assert_eq!(merged, whole, "merged on {}", isa.name());
-    }
-}
-
-/// Every element of `after` is the reference `scale(before, c)` bit for bit (NaN payloads
-/// included: the reference spells the NaN rule out), or `before` untouched when the factor was
-/// refused or is 1 in f32.
+/// `after` has the bits of `want` (compared as bytes; the first differing element is named).
 fn check_scaled<T: gradclip::Element + std::fmt::Debug>(
     before: &[T],
     after: &[T],
+    want: &[T],
     c: f32,
-    valid: bool,
     isa: Isa,
-    scale: fn(T, f32) -> T,
 ) {
-    for (x, y) in before.iter().zip(after) {
-        let want = if valid && c != 1.0 { scale(*x, c) } else { *x };
-        assert!(
-            y.abs_bits() == want.abs_bits()
-                && y.to_f32().is_sign_negative() == want.to_f32().is_sign_negative(),
-            "{} {:?} {x:?} * {c:e}: got {y:?}, want {want:?}",
-            isa.name(),
-            T::DTYPE
-        );
+    if bytemuck::cast_slice::<T, u8>(after) == bytemuck::cast_slice::<T, u8>(want) {
+        return;
     }
+    let i = (0..after.len())
+        .find(|&i| bytemuck::bytes_of(&after[i]) != bytemuck::bytes_of(&want[i]))
+        .expect("a differing element");
+    panic!(
+        "{} {:?} {:?} * {c:e}: got {:?}, want {:?}",
+        isa.name(),
+        T::DTYPE,
+        before[i],
+        after[i],
+        want[i]
+    );
 }
 
 /// Whether the scalar reference puts a file's norm of one type, or one of its finite tensors'
@@ -566,4 +882,97 @@ fn check_with_safetensors_crate(bytes: &[u8]) -> Result<(), String> {
     safetensors::SafeTensors::read_metadata(bytes)
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Every committed seed of `target` through `oracle`.
+    fn run_seeds(target: &str, oracle: fn(&[u8])) -> usize {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("seeds")
+            .join(target);
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("seed directory") {
+            let path = entry.expect("seed entry").path();
+            oracle(&std::fs::read(&path).expect("seed file"));
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn kernels_differential_seeds() {
+        assert!(run_seeds("kernels_differential", kernels_differential) > 0);
+    }
+
+    #[test]
+    fn safetensors_cli_seeds() {
+        assert!(run_seeds("safetensors_cli", safetensors_cli) > 0);
+    }
+
+    /// The seed still asks for p = 0.01 (the mode byte's bits 2 to 4) over more than a thousand
+    /// elements, the case it was written for.
+    #[test]
+    fn p_tiny_seed_selects_p_001() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/kernels_differential");
+        let data = std::fs::read(dir.join("p_tiny_power_overflows")).expect("seed");
+        assert_eq!(NORM_TYPES[(data[0] as usize >> 2) % 8], NormType::P(0.01));
+        let mut inp = Input { d: &data[9..] };
+        let bufs = buffers(&mut inp, long_allowed(&data));
+        let elems: usize = bufs.iter().map(|(b, _)| b.grad().len()).sum();
+        assert!((1000..=P_MAX_ELEMS).contains(&elems), "{elems} elements");
+    }
+
+    /// Small dense inputs of each dtype under every norm-type pick and scale-factor kind.
+    #[test]
+    fn every_norm_type_and_factor() {
+        for mode in 0..32u8 {
+            for dtype in 0..3u8 {
+                let mut data = vec![mode, 7, 1, 2, 3, 4, 5, 6, 7, 2];
+                for b in 0..3u8 {
+                    // Control byte: dense, this dtype, offset b; 37 elements.
+                    data.extend([dtype + 3 * b, 37, 0]);
+                    data.extend((0..37u8 * 4).map(|i| i.wrapping_mul(97).wrapping_add(b)));
+                }
+                kernels_differential(&data);
+            }
+        }
+    }
+
+    /// A long sparse f32 buffer (just past one chunk) with patches at the chunk boundary: long
+    /// inputs stay reachable, and the thread-count check runs on them.
+    #[test]
+    fn long_buffer_past_one_chunk() {
+        for pick in [0u8, 1, 2] {
+            let mut data = vec![0x80 | pick << 2, 0, 0, 0, 0, 0, 0, 0, 0];
+            // One buffer; sparse f32 (225 % 3 == 0), offset 3; w >> 13 == 7: CHUNK_ELEMS + 3.
+            data.extend([0, 225, 0x02, 0xE0]);
+            // Two patches: at CHUNK_ELEMS - 5 and at the end, 4 elements repeated 64 times.
+            data.push(2);
+            for anchor in [16u8, 17] {
+                data.extend([anchor, (-5i8) as u8, 3, 224]);
+                data.extend(
+                    [1.5f32, -2.0, 3.25, 1e-40]
+                        .iter()
+                        .flat_map(|x| x.to_le_bytes()),
+                );
+            }
+            // A last byte that makes the input one of those allowed to be long.
+            let last = (0..=255u8)
+                .find(|&b| {
+                    let mut d = data.clone();
+                    d.push(b);
+                    long_allowed(&d)
+                })
+                .expect("a byte that allows a long buffer");
+            data.push(last);
+            let mut inp = Input { d: &data[9..] };
+            let bufs = buffers(&mut inp, long_allowed(&data));
+            assert_eq!(bufs[0].0.grad().len(), CHUNK_ELEMS + 3);
+            kernels_differential(&data);
+        }
+    }
 }
