@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::arch::{Kernel, Kernels};
+use crate::arch::{prefetch_hint, Kernel, Kernels};
 use crate::error::Error;
 use crate::grads::Grad;
 use crate::isa::Isa;
@@ -38,6 +38,9 @@ pub fn naive_sum_sq_f32(x: &[f32]) -> f32 {
 pub fn naive_sum_sq_f64(x: &[f32]) -> f64 {
     x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()
 }
+
+/// How far ahead the read-modify-write roofline prefetches (the distance the scale kernel uses).
+const AHEAD_BYTES: usize = crate::arch::generic::SCALE_AHEAD_BYTES;
 
 /// Read roofline: XOR of every 8-byte word of `bytes` (eight independent accumulators). Nothing
 /// reads memory faster than this in plain code, so it stands for the read bandwidth.
@@ -73,10 +76,21 @@ pub fn read_roofline_par(bytes: &[u8], threads: usize) -> u64 {
         .reduce(|| 0, |a, b| a ^ b)
 }
 
-/// Read-modify-write roofline: `x *= factor` in place over f32 words.
+/// Read-modify-write roofline: `x *= factor` in place over f32 words, prefetching
+/// [`crate::arch::generic::SCALE_AHEAD_BYTES`] ahead as the scale kernel does (without it this
+/// loop ran at 0.7–0.8 of the scale kernel from memory on an Intel Xeon, so it was no roofline).
+/// The read roofline does not prefetch: there the prefetch bought about 8% from memory but
+/// cost 15% in cache.
 #[inline(never)]
 pub fn rmw_roofline(x: &mut [f32], factor: f32) {
-    for v in x {
+    let mut lines = x.chunks_exact_mut(16);
+    for l in &mut lines {
+        prefetch_hint(l.as_ptr().cast::<u8>().wrapping_add(AHEAD_BYTES));
+        for v in l {
+            *v *= factor;
+        }
+    }
+    for v in lines.into_remainder() {
         *v *= factor;
     }
 }

@@ -104,6 +104,14 @@ pub(crate) trait Backend: F64Ops + Lanes32 {
     fn prefetch<T>(self, s: &[T]) {
         let _ = s;
     }
+
+    /// Asks for the cache line holding address `p` (a hint: `p` is never dereferenced, may
+    /// point anywhere, even past the end of a buffer, and has no effect on any result). The
+    /// scale calls it [`SCALE_AHEAD_BYTES`] ahead of the line it rewrites.
+    #[inline(always)]
+    fn prefetch_at(self, p: *const u8) {
+        let _ = p;
+    }
 }
 
 /// Which element of a 32-element bf16 group feeds virtual lane `lane`.
@@ -279,12 +287,27 @@ fn max_masked_u16(data: &[u16]) -> u32 {
     data.iter().fold(0, |m, &x| m.max(x & 0x7FFF)) as u32
 }
 
+/// How far ahead of the line it rewrites the scale prefetches.
+pub(crate) const SCALE_AHEAD_BYTES: usize = 4096;
+
 /// `x = round_to_dtype(f32(x) * c)` for every element of `data`.
 #[inline(always)]
 pub(crate) fn scale<B: Backend, T: LaneElement>(b: B, data: &mut [T], c: f32) {
     let cv = b.splat_f(c);
     let step = T::scale_step::<B>();
-    let mut it = data.chunks_exact_mut(step);
+    // One prefetch per cache line rewritten, SCALE_AHEAD_BYTES ahead: the hardware prefetcher
+    // alone leaves the read of a read-modify-write pass exposed (measured: bf16 from memory
+    // at 0.5 of the read-modify-write roofline without it on an Intel Xeon).
+    let line = (64 / std::mem::size_of::<T>()).max(step);
+    let whole = data.len() - data.len() % line;
+    let (lines, rest) = data.split_at_mut(whole);
+    for l in lines.chunks_exact_mut(line) {
+        b.prefetch_at(l.as_ptr().cast::<u8>().wrapping_add(SCALE_AHEAD_BYTES));
+        for g in l.chunks_exact_mut(step) {
+            T::scale_step_in(b, g, cv);
+        }
+    }
+    let mut it = rest.chunks_exact_mut(step);
     for g in &mut it {
         T::scale_step_in(b, g, cv);
     }

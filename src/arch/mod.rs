@@ -63,6 +63,17 @@ pub fn dispatch() -> Dispatch {
     Kernels::selected().dispatch
 }
 
+/// A prefetch hint for the cache line holding `p`, `ahead` bytes being the caller's distance
+/// (never dereferenced: any address is allowed). A no-op off x86_64. The rooflines use it so
+/// that they stand for what software prefetching reaches, as the kernels do.
+#[inline(always)]
+pub(crate) fn prefetch_hint(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    x86_64::prefetch_line(p);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 type SumFn<T> = fn(&[T]) -> (f64, f64);
 type MaxFn<T> = fn(&[T]) -> u32;
 type ScaleFn<T> = fn(&mut [T], f32);

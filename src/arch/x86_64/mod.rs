@@ -112,6 +112,15 @@ pub(in crate::arch) fn prefetch_lines<T>(s: &[T]) {
     }
 }
 
+/// Prefetches the cache line holding `p` into L2 and closer (`prefetcht1`): a hint, no effect on
+/// any result.
+#[inline(always)]
+pub(crate) fn prefetch_line(p: *const u8) {
+    // SAFETY: a prefetch never faults and never dereferences: any address is allowed (one past
+    // a buffer's end included); SSE is baseline on x86_64.
+    unsafe { _mm_prefetch::<_MM_HINT_T1>(p.cast::<i8>()) }
+}
+
 /// `acc + x*x` (fused: the square is exact, so this equals the portable mul-then-add) or `acc + |x|`.
 ///
 /// # Safety
@@ -349,6 +358,10 @@ impl Backend for Avx2 {
     #[inline(always)]
     fn prefetch<T>(self, s: &[T]) {
         prefetch_lines(s);
+    }
+    #[inline(always)]
+    fn prefetch_at(self, p: *const u8) {
+        prefetch_line(p);
     }
 }
 
