@@ -218,6 +218,36 @@ fn scale_every_f16_and_bf16_pattern() {
 }
 
 #[test]
+fn bf16_scale_groups_with_one_subnormal_product() {
+    // Wide kernels round whole groups at once (AVX-512 with AVX512_BF16: 32 elements through
+    // VCVTNE2PS2BF16, which flushes subnormals; such a group takes the bit logic). One subnormal
+    // product at every position of a group, among normal ones, NaNs, infinities and zeros, at
+    // several offsets, must round as the reference says.
+    let c = 2.0f64.powi(-20);
+    let normal = [
+        1.5f32,
+        -3.25,
+        0.007_8,
+        1.0e30,
+        -2.5e-20,
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NAN,
+    ];
+    for pos in 0..64 {
+        for off in 0..3 {
+            let mut v: Vec<f32> = (0..96 + off).map(|i| normal[i % normal.len()]).collect();
+            // Times 2^-20: about 3e-39 and -5e-39, subnormal in f32 and nonzero subnormals in
+            // bf16 (which has f32's exponent range), so a flush to zero would show.
+            v[off + pos] = if pos % 2 == 0 { 3.1e-33 } else { -5.5e-33 };
+            let b: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+            check_scale(&Buf::BF16(b[off..].to_vec()), c);
+        }
+    }
+}
+
+#[test]
 fn scale_rejects_bad_factors() {
     let mut v = vec![1.0f32; 4];
     for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e39, -1e300] {
