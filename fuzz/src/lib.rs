@@ -3,7 +3,8 @@
 //!
 //! - [`kernels_differential`]: arbitrary bytes become buffers of each dtype at arbitrary element
 //!   offsets (dense, or mostly zero with patches at block and chunk boundaries); every available
-//!   ISA's norm (one norm type per input, picked by the mode byte), exact partial and exact norm,
+//!   ISA's norm (L2, L1 and Inf on every input; the mode byte picks the type that also gets the
+//!   per-buffer, thread-count and reference checks, P norms included), exact partial and exact norm,
 //!   per-buffer partials, non-finite location and scale are compared with the scalar reference
 //!   (`gradclip::reference`) and with each other, and sets past the fork threshold again on a
 //!   pool of 1, 2 or 3 threads. See `notes/fuzz.md` for what an input costs.
@@ -358,6 +359,9 @@ const EXACT_KINDS: [NormType; 8] = [
 /// Sets of more elements take the exact kind instead of a P norm (a P norm's power is a scalar
 /// `powf` per element on every ISA; its overflow in the power alone needs about 1,200 elements).
 const P_MAX_ELEMS: usize = 2048;
+/// Sets of more elements check the two norm types of L2/L1/Inf not picked across ISAs only,
+/// without the double-double reference.
+const OTHER_REF_MAX_ELEMS: usize = 256;
 /// Sets of more elements skip the scaling check.
 const SCALE_MAX_ELEMS: usize = 4096;
 
@@ -481,6 +485,35 @@ pub fn kernels_differential(data: &[u8]) {
         );
     }
     let picked = &results[isas.iter().position(|&i| i == isa_pick).expect("picked")];
+    // The other two of L2, L1 and Inf (their kernels are the cheap part of an input): every ISA
+    // gives the same bits or the same error, an error exactly when there is a non-finite value,
+    // and the portable result (the reference implementation the others match) is within the
+    // accuracy bound of the double-double reference on small sets.
+    for t in [NormType::L2, NormType::L1, NormType::Inf] {
+        if t == norm_type {
+            continue;
+        }
+        let mut prev: Option<Result<f64, Error>> = None;
+        for &isa in isas {
+            let got = get_total_norm_with_isa(&grads, t, isa);
+            match (&got, &first) {
+                (Ok(_), None) => {}
+                (Err(Error::NonFinite(nf)), Some(f)) => assert!(
+                    same_nonfinite(nf, f),
+                    "{} {t:?}: reported {nf:?}, first is {f:?}",
+                    isa.name()
+                ),
+                _ => panic!("{} {t:?}: {got:?}, first {first:?}", isa.name()),
+            }
+            if let Some(p) = &prev {
+                assert!(same_result(p, &got), "{t:?}: ISAs differ: {p:?} vs {got:?}");
+            }
+            prev = Some(got);
+        }
+        if let (Some(Ok(x)), true) = (&prev, elems <= OTHER_REF_MAX_ELEMS) {
+            check_value(*x, reference::norm(&ref_grads, t), t, "other type");
+        }
+    }
 
     // Exact mode (its per-buffer partials are the per-buffer references below).
     let (whole, exact_parts) = check_exact(
