@@ -63,9 +63,9 @@ pub fn dispatch() -> Dispatch {
     Kernels::selected().dispatch
 }
 
-/// A prefetch hint for the cache line holding `p`, `ahead` bytes being the caller's distance
-/// (never dereferenced: any address is allowed). A no-op off x86_64. The rooflines use it so
-/// that they stand for what software prefetching reaches, as the kernels do.
+/// A prefetch hint for the cache line holding `p` (never dereferenced: any address is allowed,
+/// past a buffer's end included). A no-op off x86_64. The read-modify-write roofline uses it so
+/// that it stands for what software prefetching reaches, as the scale kernel does.
 #[inline(always)]
 pub(crate) fn prefetch_hint(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
